@@ -1,0 +1,24 @@
+"""``convlens demo``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from convlens.cli.app import app
+from convlens.cli.common import console
+
+
+@app.command("demo")
+def demo_command(
+    out: Annotated[Path, typer.Option("--out", help="Folder for the demo (replaced).")] = Path("convlens-demo"),
+    model: Annotated[str, typer.Option("--model", help="Model spec.")] = "efficientnet_lite0",
+) -> None:
+    """Run every capability on the default model and bundled sample photos; writes OUT/index.html."""
+    from convlens.demo import run_demo
+
+    console.print(f"convlens demo on {model}, writing {out}/")
+    index = run_demo(out, model, log=console.print)
+    console.print(f"open [bold]{index.resolve()}[/bold]")

@@ -1,0 +1,118 @@
+"""Hooks in context managers: capture activations (and gradients) of chosen layers, restore the model after.
+
+``preserved_state(model)`` snapshots what a method could disturb (``training`` flags, ``requires_grad``,
+parameters' ``.grad``, every hook dictionary) and puts it back in ``finally``. ``capture(model, layers)``
+registers forward hooks inside it. A hooked layer's output is handed on as a clone, so an in-place op after it
+(``nn.ReLU(inplace=True)``, ``x.relu_()``) cannot overwrite what was captured, and gradients flow back to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from convlens.errors import ConvlensError, nearest_names
+from convlens.models.classifier import ImageClassifier, as_module
+
+
+def resolve_layer(model: ImageClassifier | nn.Module, name: str) -> nn.Module:
+    """The submodule at PyTorch module path ``name`` (``layer4.2.conv3``), or an error with the nearest names."""
+    module = as_module(model)
+    modules = dict(module.named_modules())
+    if name in modules and name != "":
+        return modules[name]
+    close = ", ".join(nearest_names(name, [n for n in modules if n]))
+    raise ConvlensError(f"unknown layer {name!r}; nearest: {close} (`convlens layers MODEL` lists all)")
+
+
+def _hook_dicts(module: nn.Module) -> dict[str, dict]:
+    return {k: v for k, v in vars(module).items() if k.startswith("_") and "hooks" in k and isinstance(v, dict)}
+
+
+@contextmanager
+def preserved_state(model: ImageClassifier | nn.Module, eval_mode: bool = True) -> Iterator[nn.Module]:
+    """Yield the module (in eval mode unless ``eval_mode=False``); restore its state on exit, also on error."""
+    module = as_module(model)
+    submodules = list(module.modules())
+    parameters = list(module.parameters())
+    training = [m.training for m in submodules]
+    requires_grad = [p.requires_grad for p in parameters]
+    grads = [p.grad for p in parameters]
+    hook_keys = [{name: list(d.keys()) for name, d in _hook_dicts(m).items()} for m in submodules]
+    try:
+        if eval_mode:
+            module.eval()
+        yield module
+    finally:
+        for m, was_training, keys in zip(submodules, training, hook_keys, strict=True):
+            m.training = was_training
+            for name, d in _hook_dicts(m).items():
+                for key in [k for k in d if k not in keys.get(name, ())]:
+                    del d[key]
+        for p, flag, grad in zip(parameters, requires_grad, grads, strict=True):
+            p.requires_grad_(flag)
+            p.grad = grad
+
+
+@dataclass
+class Capture:
+    """What ``capture`` collected during the forward (and backward) passes in its body."""
+
+    layers: list[str]
+    activations: dict[str, torch.Tensor] = field(default_factory=dict)
+    gradients: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __getitem__(self, layer: str) -> torch.Tensor:
+        if layer not in self.activations:
+            raise ConvlensError(f"layer {layer!r} did not run in the forward pass")
+        return self.activations[layer]
+
+    def clear(self) -> None:
+        self.activations.clear()
+        self.gradients.clear()
+
+
+@contextmanager
+def capture(model: ImageClassifier | nn.Module, layers: str | Iterable[str], gradients: bool = False,
+            detach: bool = True, eval_mode: bool = True) -> Iterator[Capture]:
+    """Capture the outputs of ``layers`` on every forward pass in the body.
+
+    ``detach=False`` keeps the captured tensors in the autograd graph, for ``torch.autograd.grad`` on them;
+    ``gradients=True`` also stores their gradients (``tensor.register_hook``) when a backward pass runs.
+    A module called several times per forward (torchvision ResNet's shared ``relu``) keeps its last call.
+    """
+    names = [layers] if isinstance(layers, str) else list(layers)
+    targets = {name: resolve_layer(model, name) for name in names}
+    result = Capture(names)
+    with preserved_state(model, eval_mode=eval_mode):
+        handles = []
+        try:
+            for name, layer in targets.items():
+                handles.append(layer.register_forward_hook(_make_hook(name, result, gradients, detach)))
+            yield result
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
+def _make_hook(name: str, result: Capture, gradients: bool, detach: bool):
+    def hook(module: nn.Module, inputs, output):
+        tensor = output[0] if isinstance(output, (tuple, list)) else output
+        if not isinstance(tensor, torch.Tensor):
+            raise ConvlensError(f"layer {name!r} returns {type(output).__name__}, not a tensor; choose another layer")
+        result.activations[name] = tensor.detach() if detach else tensor
+        if gradients and tensor.requires_grad:
+            tensor.register_hook(lambda grad: result.gradients.__setitem__(name, grad.detach()))
+        # Hand on a copy: in-place ops downstream then modify the copy, never what we captured.
+        copy = tensor.clone()
+        if isinstance(output, tuple):
+            return (copy, *output[1:])
+        if isinstance(output, list):
+            return [copy, *output[1:]]
+        return copy
+
+    return hook

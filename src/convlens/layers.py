@@ -1,0 +1,70 @@
+"""Every named module of a model with its type, output shape and parameter count."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from convlens.hooks import preserved_state
+from convlens.models.classifier import ImageClassifier, as_module
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    name: str
+    type: str
+    output_shape: tuple[int, ...] | None  # without the batch dimension; None if it did not run
+    parameters: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def layer_table(model: ImageClassifier | nn.Module, input_size: tuple[int, int] | None = None) -> list[LayerInfo]:
+    """One row per named module, shapes from one forward pass on a zero image of the model's input size."""
+    module = as_module(model)
+    if input_size is None:
+        input_size = model.input_size if isinstance(model, ImageClassifier) else (224, 224)
+    shapes: dict[str, tuple[int, ...]] = {}
+    named = [(name, m) for name, m in module.named_modules() if name]
+    with preserved_state(module) as net:
+        handles = [m.register_forward_hook(_shape_recorder(name, shapes)) for name, m in named]
+        try:
+            device = next(iter(net.parameters()), torch.empty(0)).device
+            with torch.inference_mode():
+                net(torch.zeros(1, 3, *input_size, device=device))
+        finally:
+            for handle in handles:
+                handle.remove()
+    return [
+        LayerInfo(name, type(m).__name__, shapes.get(name), sum(p.numel() for p in m.parameters()))
+        for name, m in named
+    ]
+
+
+def _shape_recorder(name: str, shapes: dict):
+    def hook(module, inputs, output):
+        tensor = output[0] if isinstance(output, (tuple, list)) else output
+        if isinstance(tensor, torch.Tensor):
+            shapes[name] = tuple(tensor.shape[1:])
+
+    return hook
+
+
+def conv_layers(model: ImageClassifier | nn.Module, input_size: tuple[int, int] | None = None) -> list[LayerInfo]:
+    """Convolution layers (leaf ``nn.Conv2d`` and subclasses) that ran, in forward order of registration."""
+    return [row for row in layer_table(model, input_size)
+            if row.output_shape is not None and row.type.endswith(("Conv2d", "Conv2dSame")) and
+            len(row.output_shape) == 3]
+
+
+def last_spatial_conv(model: ImageClassifier | nn.Module, input_size: tuple[int, int] | None = None) -> str:
+    """The last conv layer whose output still has spatial extent (more than 1x1): the usual CAM layer."""
+    from convlens.errors import ConvlensError
+
+    rows = [row for row in conv_layers(model, input_size) if row.output_shape[1] * row.output_shape[2] > 1]
+    if not rows:
+        raise ConvlensError("the model has no conv layer with spatial output; pass --layer")
+    return rows[-1].name

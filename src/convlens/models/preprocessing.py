@@ -1,0 +1,80 @@
+"""How a model wants its pixels: resize, centre crop, normalisation. Carried by every loaded model."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as TF
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Resize the shorter side to ``resize`` (or the whole image to ``crop`` when ``resize`` is None and
+    ``squash`` is set), centre-crop to ``crop``, scale to [0, 1], then ``(x - mean) / std``."""
+
+    crop: tuple[int, int] = (224, 224)
+    resize: int | None = 256
+    interpolation: str = "bilinear"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    squash: bool = False  # resize straight to ``crop`` ignoring aspect ratio (Keras-style training inputs)
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self.crop
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Preprocessing:
+        fields = dict(data)
+        for key in ("crop", "mean", "std"):
+            if key in fields:
+                fields[key] = tuple(fields[key])
+        return cls(**fields)
+
+    def geometry(self, image: Image.Image) -> Image.Image:
+        """The resize and crop alone, as a PIL image (what the model sees, before normalisation)."""
+        mode = InterpolationMode(self.interpolation)
+        if self.squash or self.resize is None:
+            return TF.resize(image, list(self.crop), interpolation=mode, antialias=True)
+        image = TF.resize(image, self.resize, interpolation=mode, antialias=True)
+        return TF.center_crop(image, list(self.crop))
+
+    def to_tensor(self, image: Image.Image) -> torch.Tensor:
+        """One RGB image to a normalised ``3 x H x W`` float32 tensor."""
+        return self.normalize(TF.pil_to_tensor(self.geometry(image)).float().div_(255.0))
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return self.to_tensor(image)
+
+    def batch(self, images: list[Image.Image]) -> torch.Tensor:
+        return torch.stack([self.to_tensor(image) for image in images])
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """[0, 1] pixels (``... x 3 x H x W``) to model input."""
+        mean, std = self._stats(pixels)
+        return (pixels - mean) / std
+
+    def denormalize(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Model input back to [0, 1] pixels, clipped, for display."""
+        mean, std = self._stats(inputs)
+        return (inputs * std + mean).clamp(0.0, 1.0)
+
+    def to_display(self, inputs: torch.Tensor) -> np.ndarray:
+        """One ``3 x H x W`` model input as an ``H x W x 3`` float array in [0, 1]."""
+        return self.denormalize(inputs.detach().cpu().float()).permute(1, 2, 0).numpy()
+
+    def _stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = (3, 1, 1)
+        mean = torch.tensor(self.mean, dtype=like.dtype, device=like.device).view(shape)
+        std = torch.tensor(self.std, dtype=like.dtype, device=like.device).view(shape)
+        return mean, std

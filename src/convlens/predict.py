@@ -1,0 +1,56 @@
+"""Top-K predictions: class names and probabilities, batched over images."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from convlens.hooks import preserved_state
+from convlens.models.classifier import ImageClassifier
+
+
+@dataclass(frozen=True)
+class Prediction:
+    index: int
+    name: str
+    probability: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return f"{self.name} {100 * self.probability:.2f}%"
+
+
+def probabilities(model: ImageClassifier, inputs: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+    """Softmax over the logits for a preprocessed batch, evaluated in chunks, on the CPU as float32."""
+    chunks = []
+    with preserved_state(model) as module, torch.inference_mode():
+        for start in range(0, len(inputs), batch_size):
+            batch = inputs[start:start + batch_size].to(model.device)
+            chunks.append(torch.softmax(module(batch).float(), dim=1).cpu())
+    return torch.cat(chunks)
+
+
+def top_k(model: ImageClassifier, probs: torch.Tensor, k: int = 3) -> list[list[Prediction]]:
+    values, indices = probs.topk(min(k, probs.shape[1]), dim=1)
+    return [
+        [Prediction(int(i), model.class_name(int(i)), float(v)) for v, i in zip(row_v, row_i, strict=True)]
+        for row_v, row_i in zip(values, indices, strict=True)
+    ]
+
+
+def predict(model: ImageClassifier, images: Sequence[str | Path | Image.Image] | torch.Tensor, top: int = 3,
+            batch_size: int = 32) -> list[list[Prediction]]:
+    """The ``top`` classes of each image (paths, PIL images, or an already preprocessed batch)."""
+    if isinstance(images, torch.Tensor):
+        return top_k(model, probabilities(model, images, batch_size), top)
+    results: list[list[Prediction]] = []
+    for start in range(0, len(images), batch_size):  # decode a batch at a time: bounded memory
+        inputs = model.prepare(list(images[start:start + batch_size]))
+        results += top_k(model, probabilities(model, inputs, batch_size), top)
+    return results
