@@ -1,0 +1,51 @@
+"""Shared fixtures: real data where it exists, small models, images made on the fly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` beside the repository; tests that need it skip cleanly when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is not present")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def default_model():
+    """The real offline default (EfficientNet-Lite0 with ImageNet weights), on the CPU."""
+    import convlens
+
+    return convlens.load_model("efficientnet_lite0", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def sample_photos(tmp_path_factory) -> list[Path]:
+    """scikit-image's coffee, chelsea, astronaut and rocket as PNG files."""
+    from convlens.demo import sample_photos as write_photos
+
+    return write_photos(tmp_path_factory.mktemp("photos"))
+
+
+@pytest.fixture
+def seeded():
+    torch.manual_seed(0)
+    np.random.seed(0)
+    return 0
+
+
+def make_image(path: Path, size=(48, 40), seed: int = 0, mode: str = "RGB") -> Path:
+    """A random-noise image file of ``size`` (width, height)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).convert(mode).save(path)
+    return path
