@@ -41,7 +41,8 @@ def preserved_state(model: ImageClassifier | nn.Module, eval_mode: bool = True) 
     parameters = list(module.parameters())
     training = [m.training for m in submodules]
     requires_grad = [p.requires_grad for p in parameters]
-    grads = [p.grad for p in parameters]
+    # Cloned: a backward pass inside would accumulate into the existing .grad tensors in place.
+    grads = [None if p.grad is None else p.grad.detach().clone() for p in parameters]
     hook_keys = [{name: list(d.keys()) for name, d in _hook_dicts(m).items()} for m in submodules]
     try:
         if eval_mode:

@@ -26,7 +26,7 @@ def layer_table(model: ImageClassifier | nn.Module, input_size: tuple[int, int] 
     """One row per named module, shapes from one forward pass on a zero image of the model's input size."""
     module = as_module(model)
     if input_size is None:
-        input_size = model.input_size if isinstance(model, ImageClassifier) else (224, 224)
+        input_size = default_input_size(model)
     shapes: dict[str, tuple[int, ...]] = {}
     named = [(name, m) for name, m in module.named_modules() if name]
     with preserved_state(module) as net:
@@ -42,6 +42,14 @@ def layer_table(model: ImageClassifier | nn.Module, input_size: tuple[int, int] 
         LayerInfo(name, type(m).__name__, shapes.get(name), sum(p.numel() for p in m.parameters()))
         for name, m in named
     ]
+
+
+def default_input_size(model: ImageClassifier | nn.Module) -> tuple[int, int]:
+    """The model's own input size; 224 for a bare module that does not say (the baseline CNN does)."""
+    if isinstance(model, ImageClassifier):
+        return model.input_size
+    size = getattr(model, "img_size", 224)
+    return (size, size) if isinstance(size, int) else tuple(size)
 
 
 def _shape_recorder(name: str, shapes: dict):

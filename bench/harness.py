@@ -1,0 +1,125 @@
+"""Side-by-side timing: check agreement, warm up, alternate convlens and peer, report medians and ratios."""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass
+class BenchCase:
+    name: str
+    convlens: Callable[[], Any]
+    peer: Callable[[], Any]
+    peer_name: str
+    check: Callable[[Any, Any], None] | None = None
+    max_ratio: float | None = None  # the target: convlens median / peer median <= max_ratio
+    note: str = ""
+
+
+@dataclass
+class BenchResult:
+    name: str
+    peer_name: str
+    convlens_seconds: float
+    peer_seconds: float
+    ratio: float
+    max_ratio: float | None
+    met: bool | None
+    convlens_peak_mb: float
+    peer_peak_mb: float
+    repetitions: int
+    agreement: str
+    note: str = ""
+    samples: dict = field(default_factory=dict)
+
+
+class PeakMemory:
+    """Peak resident memory above the start (CPU, sampled every 2 ms from /proc) or CUDA peak allocation."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+
+    @staticmethod
+    def _rss() -> int:
+        try:
+            with open("/proc/self/statm") as handle:
+                return int(handle.read().split()[1]) * 4096
+        except OSError:  # pragma: no cover - non-Linux
+            return 0
+
+    def __enter__(self) -> PeakMemory:
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+            self._cuda_start = torch.cuda.memory_allocated()
+        self._start = self._rss()
+        self.peak = 0
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.002):
+            self.peak = max(self.peak, self._rss() - self._start)
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss() - self._start)
+        if torch.cuda.is_available():
+            self.peak = torch.cuda.max_memory_allocated() - self._cuda_start
+
+    @property
+    def megabytes(self) -> float:
+        return self.peak / 2**20
+
+
+def _timed(function: Callable[[], Any]) -> tuple[float, Any]:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    result = function()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, result
+
+
+def run_case(case: BenchCase, repetitions: int = 5, warmup: int = 1) -> BenchResult:
+    """Agreement first (never compare speeds of different work), then warm-up and alternating timings."""
+    ours, theirs = case.convlens(), case.peer()
+    agreement = "not checked"
+    if case.check is not None:
+        case.check(ours, theirs)
+        agreement = "agree"
+    del ours, theirs
+    for _ in range(warmup):
+        case.convlens()
+        case.peer()
+    convlens_times, peer_times = [], []
+    for repetition in range(repetitions):
+        order = [(case.convlens, convlens_times), (case.peer, peer_times)]
+        if repetition % 2:  # alternate who goes first: neither side always gets the warmer cache
+            order.reverse()
+        for function, times in order:
+            gc.collect()
+            times.append(_timed(function)[0])
+    memory = {}
+    for label, function in (("convlens", case.convlens), ("peer", case.peer)):
+        gc.collect()
+        with PeakMemory() as peak:
+            function()
+        memory[label] = peak.megabytes
+    ours_median, peer_median = statistics.median(convlens_times), statistics.median(peer_times)
+    ratio = ours_median / peer_median
+    met = None if case.max_ratio is None else ratio <= case.max_ratio
+    return BenchResult(case.name, case.peer_name, ours_median, peer_median, ratio, case.max_ratio, met,
+                       memory["convlens"], memory["peer"], repetitions, agreement, case.note,
+                       {"convlens": convlens_times, "peer": peer_times})
