@@ -1,0 +1,29 @@
+"""Predictions against the floor: a bare forward pass of the same batch in inference mode."""
+
+from __future__ import annotations
+
+import torch
+
+from bench.harness import BenchCase
+
+
+def cases(quick: bool) -> list[BenchCase]:
+    import convlens
+    from convlens.predict import probabilities
+
+    model = convlens.load_model("efficientnet_lite0")
+    result = []
+    for batch in (1, 16):
+        inputs = torch.randn(batch, 3, 224, 224, device=model.device)
+
+        def ours(inputs=inputs):
+            return probabilities(model, inputs)
+
+        def floor(inputs=inputs):
+            with torch.inference_mode():
+                return torch.softmax(model.module(inputs), dim=1).cpu()
+
+        result.append(BenchCase(f"predict efficientnet_lite0 224 b{batch}", ours, floor, "floor: bare forward",
+                                check=lambda a, b: torch.testing.assert_close(a, b), max_ratio=1.05,
+                                note="probabilities of a preprocessed batch"))
+    return result
