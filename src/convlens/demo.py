@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from convlens.featuremaps import demo_section as filters_featuremaps_section
 from convlens.models import DEFAULT_SPEC, ImageClassifier, load_model
 
 SAMPLE_PHOTOS = ("coffee", "chelsea", "astronaut", "rocket")
@@ -68,6 +69,7 @@ def predictions_section(context: DemoContext) -> DemoSection:
 
 SECTIONS: list[Callable[[DemoContext], DemoSection]] = [
     predictions_section,
+    filters_featuremaps_section,
 ]
 
 

@@ -67,55 +67,72 @@ def predictions_title(predictions) -> str:
 def mosaic_figure(tiles: Sequence[np.ndarray], ncols: int | None = None, titles: Sequence[str] | None = None,
                   row_labels: Sequence[str] | None = None, col_labels: Sequence[str] | None = None,
                   cmap: str = "viridis", suptitle: str | None = None, tile_inches: float = 1.2,
-                  max_inches: float = 30.0, interpolation: str = "nearest", xlabel: str | None = None,
-                  ylabel: str | None = None) -> Figure:
-    """Equal-sized tiles in [0, 1] (``H x W`` maps drawn with ``cmap`` or ``H x W x 3`` colour) on one canvas.
+                  max_inches: float = 30.0, xlabel: str | None = None, ylabel: str | None = None,
+                  dpi: int = 110) -> Figure:
+    """Equal-sized tiles in [0, 1] (``H x W`` maps drawn with ``cmap`` or ``H x W x 3`` colour) on one raster.
 
-    One image in one axes instead of an axes per tile, so thousands of tiles (a 2048-channel layer) still
-    render in seconds; the figure grows with the grid up to ``max_inches`` a side, then the tiles shrink.
-    ``titles`` go above each tile; ``row_labels``/``col_labels`` label a filters x channels matrix instead.
+    The grid is composed as one RGB image at the figure's resolution, tiles enlarged by whole-pixel nearest
+    neighbour and ``titles`` drawn into it with PIL, so thousands of tiles (a 2048-channel layer) cost one
+    ``imshow``. Tiles aim at ``tile_inches`` a side, shrinking so that the grid stays within ``max_inches``.
+    ``row_labels``/``col_labels`` label a filters x channels matrix (one label per row / column).
     """
     stack = np.stack([np.asarray(tile, dtype=np.float64) for tile in tiles])
     rows, cols = grid_shape(len(stack), ncols)
     height, width = stack.shape[1:3]
-    gap_x = max(1, round(0.08 * width))
-    gap_y = max(1, round(0.3 * height)) if titles is not None else gap_x
-    cell_h, cell_w = height + gap_y, width + gap_x
-    canvas = np.full((rows * cell_h, cols * cell_w - gap_x, *stack.shape[3:]), np.nan)
-    for index, tile in enumerate(stack):
+    target = max(0.25, min(tile_inches, max_inches / max(rows, cols))) * dpi  # pixels per tile side
+    zoom = max(1, round(target / max(height, width)))
+    pixels = _rgb_tiles(stack, cmap).repeat(zoom, axis=1).repeat(zoom, axis=2)
+    tile_h, tile_w = pixels.shape[1:3]
+    font_px = int(np.clip(0.15 * max(tile_h, tile_w), 8, 14))
+    gap = max(2, round(0.06 * max(tile_h, tile_w)))
+    label_h = round(1.3 * font_px) if titles is not None else 0
+    cell_h, cell_w = tile_h + gap + label_h, tile_w + gap
+    canvas = np.full((rows * cell_h - gap, cols * cell_w - gap, 3), 255, np.uint8)
+    for index, tile in enumerate(pixels):
         row, col = divmod(index, cols)
-        top, left = row * cell_h + gap_y, col * cell_w
-        canvas[top:top + height, left:left + width] = tile
-    inches = max(0.25, min(tile_inches, max_inches / max(rows, cols)))  # per tile side
-    per_pixel = inches / max(height, width)
-    figure = plt.figure(figsize=(canvas.shape[1] * per_pixel, canvas.shape[0] * per_pixel))
-    axis = figure.add_axes((0, 0, 1, 1))
-    if canvas.ndim == 3:
-        axis.imshow(np.nan_to_num(np.clip(canvas, 0, 1), nan=1.0), interpolation=interpolation)
-    else:
-        colours = plt.get_cmap(cmap).copy()
-        colours.set_bad("white")
-        axis.imshow(np.ma.masked_invalid(canvas), cmap=colours, vmin=0, vmax=1, interpolation=interpolation)
-    fontsize = float(np.clip(inches * 72 * 0.16, 4, 9))
+        top, left = row * cell_h + label_h, col * cell_w
+        canvas[top:top + tile_h, left:left + tile_w] = tile
     if titles is not None:
-        for index, title in enumerate(titles):
-            row, col = divmod(index, cols)
-            axis.text(col * cell_w + width / 2, row * cell_h + gap_y - 0.5, title, ha="center", va="bottom",
-                      fontsize=fontsize)
-    _label_matrix(axis, rows, cols, cell_h, cell_w, gap_y, height, width, row_labels, col_labels,
-                  float(np.clip(inches * 72 * 0.22, 5, 9)))
+        canvas = _draw_titles(canvas, titles, cols, cell_h, cell_w, tile_w, label_h, font_px)
+    figure = plt.figure(figsize=(canvas.shape[1] / dpi, canvas.shape[0] / dpi), dpi=dpi)
+    axis = figure.add_axes((0, 0, 1, 1))
+    axis.imshow(canvas, interpolation="none")
+    label_size = float(np.clip(0.3 * tile_h * 72 / dpi, 6, 9))
+    _label_matrix(axis, rows, cols, cell_h, cell_w, label_h, tile_h, tile_w, row_labels, col_labels, label_size)
     axis.set_xlabel(xlabel or "", fontsize=9)
     axis.set_ylabel(ylabel or "", fontsize=9)
     for spine in axis.spines.values():
         spine.set_visible(False)
-    if suptitle:
-        axis.set_title(suptitle, fontsize=10, pad=8)
+    if suptitle:  # legible on a wall-sized grid too
+        axis.set_title(suptitle, fontsize=float(np.clip(figure.get_figwidth() * 0.5, 10, 20)), pad=8)
     return figure
 
 
-def _label_matrix(axis, rows, cols, cell_h, cell_w, gap_y, height, width, row_labels, col_labels, fontsize):
+def _rgb_tiles(stack: np.ndarray, cmap: str) -> np.ndarray:
+    """``N x H x W`` values in [0, 1] through ``cmap`` (or ``N x H x W x 3`` colour) as uint8 RGB."""
+    values = np.clip(np.nan_to_num(stack, nan=0.0), 0, 1)
+    colours = values if values.ndim == 4 else plt.get_cmap(cmap)(values)[..., :3]
+    return np.round(colours * 255).astype(np.uint8)
+
+
+def _draw_titles(canvas: np.ndarray, titles: Sequence[str], cols: int, cell_h: int, cell_w: int, tile_w: int,
+                 label_h: int, font_px: int) -> np.ndarray:
+    from matplotlib import font_manager
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.truetype(font_manager.findfont(font_manager.FontProperties()), font_px)
+    image = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(image)
+    for index, title in enumerate(titles):
+        row, col = divmod(index, cols)
+        draw.text((col * cell_w + tile_w / 2, row * cell_h + label_h - 2), str(title), fill=(0, 0, 0), font=font,
+                  anchor="md")
+    return np.asarray(image)
+
+
+def _label_matrix(axis, rows, cols, cell_h, cell_w, label_h, height, width, row_labels, col_labels, fontsize):
     axis.set_xticks([c * cell_w + width / 2 for c in range(cols)] if col_labels is not None else [])
-    axis.set_yticks([r * cell_h + gap_y + height / 2 for r in range(rows)] if row_labels is not None else [])
+    axis.set_yticks([r * cell_h + label_h + height / 2 for r in range(rows)] if row_labels is not None else [])
     if col_labels is not None:
         axis.set_xticklabels(list(col_labels)[:cols], fontsize=fontsize)
         axis.xaxis.set_ticks_position("top")

@@ -12,6 +12,7 @@ from convlens.errors import ConvlensError
 COMMAND_MODULES = [
     "convlens.cli.basic",
     "convlens.cli.demo",
+    "convlens.cli.visualize",
 ]
 
 for _name in COMMAND_MODULES:
