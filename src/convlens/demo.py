@@ -15,6 +15,7 @@ from pathlib import Path
 
 from convlens.featuremaps import demo_section as filters_featuremaps_section
 from convlens.models import DEFAULT_SPEC, ImageClassifier, load_model
+from convlens.topk import demo_section as deconvnet_section
 
 SAMPLE_PHOTOS = ("coffee", "chelsea", "astronaut", "rocket")
 
@@ -70,6 +71,7 @@ def predictions_section(context: DemoContext) -> DemoSection:
 SECTIONS: list[Callable[[DemoContext], DemoSection]] = [
     predictions_section,
     filters_featuremaps_section,
+    deconvnet_section,
 ]
 
 

@@ -13,6 +13,7 @@ COMMAND_MODULES = [
     "convlens.cli.basic",
     "convlens.cli.demo",
     "convlens.cli.visualize",
+    "convlens.cli.zeiler",
 ]
 
 for _name in COMMAND_MODULES:

@@ -1,0 +1,63 @@
+"""``topk`` over the leaf dataset against the floor: a bare forward pass over the same images, same loader.
+
+The issue's target: the streaming top-9 scan keeps at least 90 % of the throughput of just decoding the images
+and running the model on them (ratio <= 1 / 0.9 on time). The second case adds what ``convlens topk`` does
+after the scan (patches, receptive field, 16 x 9 projections): a fixed cost, independent of the folder size,
+reported without a target.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from bench.harness import BenchCase
+
+LEAF = Path(__file__).resolve().parents[2] / "shared" / "data" / "leaf"
+
+
+def cases(quick: bool) -> list[BenchCase]:
+    import convlens
+    from convlens.data import list_images
+    from convlens.topk import image_batches, top_activations, top_examples
+
+    if not LEAF.is_dir():
+        return []
+    paths = list_images(LEAF / "validation" if quick else LEAF)
+    model = convlens.load_model("baseline", device="cpu")
+    torch.manual_seed(0)
+    model.module.load_state_dict({k: torch.randn_like(v) * 0.1 for k, v in model.module.state_dict().items()})
+    batch_size, workers = 64, 0
+
+    def scan():
+        return top_activations(model, paths, "relu3", units="0:16", k=9, batch_size=batch_size,
+                               num_workers=workers)
+
+    def command():
+        return top_examples(model, scan())
+
+    def floor():
+        seen = 0
+        with torch.inference_mode():
+            for inputs, _, _ in image_batches(paths, model.preprocessing, batch_size, workers):
+                model.module(inputs)
+                seen += len(inputs)
+        return seen
+
+    def check(result, seen):
+        top = getattr(result, "top", result)
+        if len(top.paths) != seen:
+            raise AssertionError(f"topk scanned {len(top.paths)} images, the floor {seen}")
+        if not torch.isfinite(top.values).all():
+            raise AssertionError("topk left empty slots on a folder of hundreds of images")
+
+    where = "leaf/validation" if quick else "leaf (train + validation)"
+    floor_name = "floor: decode + bare forward, same DataLoader"
+    return [
+        BenchCase(f"topk scan baseline 32 relu3 {len(paths)} images", scan, floor, floor_name, check=check,
+                  max_ratio=1 / 0.9, note=f"{where}, batch {batch_size}, 16 units x top-9, streaming"),
+        BenchCase(f"topk scan + patches + projections baseline 32 {len(paths)} images", command, floor,
+                  floor_name, check=check,
+                  note="adds the fixed cost of 144 single-activation projections and the field trace"),
+    ]

@@ -1,0 +1,280 @@
+"""Zeiler & Fergus deconvnet: project one channel's activations of a layer down to pixel space.
+
+As in the paper, every other activation of the layer is set to zero and the chosen channel (its whole map, or
+one activation) is fed down. The gradient of the chosen activations through the autograd graph already does
+what the deconvnet does everywhere but at the rectifiers: max-pooling routes the signal through the switches
+recorded on the way up, each convolution is inverted by its transposed filters, BatchNorm in eval mode is an
+affine map. The rules differ only in how ReLU-like nonlinearities pass the signal down (``g`` is the signal
+arriving from above, ``x`` the nonlinearity's forward input):
+
+- ``deconvnet`` (Zeiler & Fergus 2014): ``relu(g)``, whatever ``x`` was;
+- ``guided`` (guided backprop, Springenberg et al. 2015): ``relu(g * [x > 0])`` (``[0 < x < 6]`` for ReLU6);
+- ``gradient`` (plain saliency, Simonyan et al. 2014): ``g * [x > 0]``, the true gradient.
+
+The rule applies to ReLU and ReLU6 in any form: ``nn.ReLU`` / ``nn.ReLU6`` modules (in-place or not),
+``F.relu``, ``F.relu_``, ``torch.relu``, ``Tensor.relu``/``relu_``, ``F.relu6`` and ``F.hardtanh`` with
+``min_val=0``. Functional calls are caught by a ``TorchFunctionMode`` active during the forward pass, so forward
+code calling them directly (timm, custom models) is handled like modules. Every other nonlinearity (SiLU,
+GELU, sigmoid, hardswish, LeakyReLU...) passes its ordinary gradient. Skip connections need nothing special:
+the signal goes down both branches and adds up, as the gradient does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from convlens.errors import ConvlensError
+from convlens.hooks import preserved_state, resolve_layer
+from convlens.models.classifier import ImageClassifier
+
+RULES = ("deconvnet", "guided", "gradient")
+POSITIONS = ("map", "max")
+
+
+class _Rectifier(torch.autograd.Function):
+    """``clamp(x, 0, upper)`` forward; the chosen rule backward."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, upper: float | None, rule: str) -> torch.Tensor:
+        y = x.clamp(min=0) if upper is None else x.clamp(0, upper)
+        ctx.save_for_backward(y)  # the output, not x: x may be overwritten in place afterwards
+        ctx.upper, ctx.rule = upper, rule
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        if ctx.rule == "deconvnet":
+            return grad.clamp(min=0), None, None
+        (y,) = ctx.saved_tensors
+        passes = y > 0
+        if ctx.upper is not None:
+            passes &= y < ctx.upper
+        return (grad * passes).clamp(min=0), None, None
+
+
+_RELU = {F.relu, torch.relu, torch.Tensor.relu}
+_RELU_INPLACE = {torch.relu_, torch.Tensor.relu_}
+_HARDTANH_INPLACE = {F.hardtanh_, torch._C._nn.hardtanh_}
+
+
+def _bound(args: tuple, kwargs: dict, index: int, name: str, default):
+    return args[index] if len(args) > index else kwargs.get(name, default)
+
+
+def _relu_call(func, args: tuple, kwargs: dict) -> tuple[torch.Tensor, float | None, bool] | None:
+    """``(input, upper bound, in place)`` when ``func(*args, **kwargs)`` is a ReLU or ReLU6, else None."""
+    if func in _RELU:
+        return args[0], None, bool(_bound(args, kwargs, 1, "inplace", False))
+    if func in _RELU_INPLACE:
+        return args[0], None, True
+    if func is F.relu6:
+        return args[0], 6.0, bool(_bound(args, kwargs, 1, "inplace", False))
+    if func is F.hardtanh or func in _HARDTANH_INPLACE:
+        low = float(_bound(args, kwargs, 1, "min_val", -1.0))
+        high = float(_bound(args, kwargs, 2, "max_val", 1.0))
+        inplace = func in _HARDTANH_INPLACE or bool(_bound(args, kwargs, 3, "inplace", False))
+        return (args[0], high, inplace) if low == 0.0 else None
+    return None
+
+
+class _RectifierRule(TorchFunctionMode):
+    """Swaps every ReLU / ReLU6 call made during the forward pass for ``_Rectifier`` with ``rule``."""
+
+    def __init__(self, rule: str) -> None:
+        super().__init__()
+        self.rule = rule
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        call = _relu_call(func, args, kwargs)
+        if call is None or not isinstance(call[0], torch.Tensor) or not torch.is_grad_enabled():
+            return func(*args, **kwargs)
+        x, upper, inplace = call
+        y = _Rectifier.apply(x, upper, self.rule)
+        # In-place callers may ignore the return value (``x.relu_()``): write the result into x as well.
+        return x.copy_(y) if inplace else y
+
+
+@contextmanager
+def rectifier_rule(rule: str) -> Iterator[None]:
+    """Within the body, ReLU-like calls pass the signal down by ``rule`` (``gradient`` changes nothing)."""
+    check_rule(rule)
+    with _RectifierRule(rule) if rule != "gradient" else nullcontext():
+        yield
+
+
+def check_rule(rule: str) -> str:
+    if rule not in RULES:
+        raise ConvlensError(f"unknown rule {rule!r}; use one of {', '.join(RULES)}")
+    return rule
+
+
+class _StopForward(Exception):
+    """Raised by a hook once the layer of interest has produced its output: the rest need not run."""
+
+
+@contextmanager
+def layer_outputs(module: nn.Module, layer: str, calls: int | None = None) -> Iterator[dict]:
+    """Record the output of ``layer`` in the yielded dict (key ``"output"``; ``"calls"`` counts its calls).
+
+    A module called several times per forward (a shared ReLU) keeps its last call, as ``hooks.capture`` does.
+    With ``calls`` given (how many times it runs per forward), the forward stops right after the last call:
+    run it with ``run_forward``. Downstream code gets a clone, so in-place ops after the layer cannot change
+    what was recorded.
+    """
+    target = resolve_layer(module, layer)
+    record: dict = {"calls": 0}
+
+    def hook(_module, _inputs, output):
+        tensor = output[0] if isinstance(output, (tuple, list)) else output
+        if not isinstance(tensor, torch.Tensor):
+            raise ConvlensError(f"layer {layer!r} returns {type(output).__name__}, not a tensor; choose another")
+        record["calls"] += 1
+        record["output"] = tensor
+        if calls is not None and record["calls"] >= calls:
+            raise _StopForward
+        copy = tensor.clone()
+        if isinstance(output, tuple):
+            return (copy, *output[1:])
+        if isinstance(output, list):
+            return [copy, *output[1:]]
+        return copy
+
+    handle = target.register_forward_hook(hook)
+    try:
+        yield record
+    finally:
+        handle.remove()
+
+
+def run_forward(module: nn.Module, inputs: torch.Tensor, record: dict, layer: str) -> torch.Tensor:
+    """Run ``module(inputs)`` inside ``layer_outputs``; the layer's output (early stop included)."""
+    try:
+        module(inputs)
+    except _StopForward:
+        pass
+    if "output" not in record:
+        raise ConvlensError(f"layer {layer!r} did not run in the forward pass; choose another layer")
+    return record["output"]
+
+
+def probe_layer(model: ImageClassifier | nn.Module, inputs: torch.Tensor, layer: str,
+                beyond_layer_may_fail: bool = False) -> tuple[int, torch.Tensor]:
+    """How many times ``layer`` runs in one forward pass (1 for nearly every layer), and its output for
+    ``inputs`` (float32, CPU). ``beyond_layer_may_fail``: an error raised after the layer ran (a classifier head
+    built for another input size) ends the pass instead of propagating."""
+    with preserved_state(model) as net, layer_outputs(net, layer) as record, torch.inference_mode():
+        device = next(iter(net.parameters()), torch.empty(0)).device
+        try:
+            output = run_forward(net, inputs.to(device), record, layer)
+        except (RuntimeError, ValueError, AssertionError):
+            if not beyond_layer_may_fail or "output" not in record:
+                raise
+            output = record["output"]
+        return record["calls"], output.detach().float().cpu().clone()
+
+
+def project_activations(model: ImageClassifier | nn.Module, inputs: torch.Tensor, layer: str,
+                        units: Sequence[int], positions: Sequence[tuple[int, int] | None] | None = None,
+                        rule: str = "deconvnet", layer_calls: int | None = None) -> torch.Tensor:
+    """Projections of a batch: image ``b`` feeds down channel ``units[b]`` of ``layer``, either its whole map
+    (``positions[b]`` None) or the single activation at ``positions[b] = (row, col)``. Returns ``B x C x H x W``
+    float32 on the CPU. Images in a batch do not interact (eval mode), so each is its own projection.
+    ``layer_calls`` (from ``probe_layer``) lets the forward pass stop at the layer.
+    """
+    check_rule(rule)
+    positions = list(positions) if positions is not None else [None] * len(units)
+    if len(units) != len(inputs) or len(positions) != len(inputs):
+        raise ValueError("project_activations needs one unit and one position per image")
+    with preserved_state(model) as net:
+        for parameter in net.parameters():
+            parameter.requires_grad_(False)  # only the input's gradient is wanted
+        device = next(iter(net.parameters()), torch.empty(0)).device
+        x = inputs.detach().to(device).clone().requires_grad_(True)
+        with (layer_outputs(net, layer, calls=layer_calls) as record, rectifier_rule(rule), torch.inference_mode(False),
+              torch.enable_grad()):
+            output = run_forward(net, x, record, layer)
+        seed = _seed(output, units, positions, layer)
+        if not output.requires_grad:
+            return torch.zeros(inputs.shape, dtype=torch.float32)
+        (grad,) = torch.autograd.grad(output, x, seed, allow_unused=True)
+    if grad is None:
+        return torch.zeros(inputs.shape, dtype=torch.float32)
+    return grad.detach().float().cpu()
+
+
+def _seed(output: torch.Tensor, units: Sequence[int], positions, layer: str) -> torch.Tensor:
+    """The layer's activations with everything but the chosen ones set to zero."""
+    if output.dim() < 2:
+        raise ConvlensError(f"layer {layer!r} has output shape {tuple(output.shape)}: no channels to project")
+    channels = output.shape[1]
+    seed = torch.zeros_like(output)
+    for b, (unit, position) in enumerate(zip(units, positions, strict=True)):
+        if not 0 <= unit < channels:
+            raise ConvlensError(f"unit {unit} out of range: layer {layer!r} has {channels} channels")
+        if position is None:
+            seed[b, unit] = output[b, unit].detach()
+        else:
+            index = (b, unit, *position)
+            seed[index] = output[index].detach()
+    return seed
+
+
+def strongest_position(activation_map: torch.Tensor) -> tuple[int, ...]:
+    """Index of the maximum of one channel's map (``h x w``, or any shape), first in row-major order on ties."""
+    flat = int(torch.argmax(activation_map.reshape(-1)))
+    return tuple(int(i) for i in np.unravel_index(flat, tuple(activation_map.shape)))
+
+
+def unit_activations(model: ImageClassifier | nn.Module, inputs: torch.Tensor, layer: str) -> torch.Tensor:
+    """The layer's output for ``inputs`` (float32, CPU), for choosing units and positions."""
+    return probe_layer(model, inputs, layer)[1]
+
+
+def strongest_units(activations: torch.Tensor, count: int) -> list[int]:
+    """The ``count`` channels of one image's layer output (``C x ...``) with the largest activation."""
+    peaks = activations.reshape(activations.shape[0], -1).amax(dim=1)
+    order = torch.sort(peaks, descending=True, stable=True).indices
+    return [int(i) for i in order[:count]]
+
+
+def deconv_projection(model: ImageClassifier | nn.Module, inputs: torch.Tensor, layer: str, unit: int,
+                      position: str = "map", rule: str = "deconvnet") -> torch.Tensor:
+    """The projection of channel ``unit`` of ``layer`` to input space for one image (``1 x 3 x H x W``).
+
+    ``position="map"`` feeds the channel's whole map down, ``"max"`` only its strongest activation. Returns
+    ``3 x H x W`` float32 on the CPU, raw (not normalised). The rules rectify the signal, so it scales with a
+    positive fed activation: with ``"max"`` it is the activation's value times the (rule-modified) gradient of
+    that neuron. Activations are fed as they are (a pre-ReLU conv output may be negative).
+    """
+    if inputs.dim() != 4 or inputs.shape[0] != 1:
+        raise ConvlensError(f"deconv_projection takes one image (1 x C x H x W), got {tuple(inputs.shape)}")
+    if position not in POSITIONS:
+        raise ConvlensError(f"unknown position {position!r}; use one of {', '.join(POSITIONS)}")
+    check_rule(rule)
+    calls, output = probe_layer(model, inputs, layer)  # where to stop the forward pass, where the peak is
+    if output.dim() < 2 or not 0 <= unit < output.shape[1]:
+        raise ConvlensError(f"unit {unit} out of range: layer {layer!r} has output shape {tuple(output.shape)}")
+    where = strongest_position(output[0, unit]) if position == "max" else None
+    return project_activations(model, inputs, layer, [unit], [where], rule, layer_calls=calls)[0]
+
+
+def projection_image(projection: torch.Tensor | np.ndarray, percentile: float = 99.5) -> np.ndarray:
+    """A ``C x H x W`` projection as an ``H x W x 3`` display image: zero is mid-grey and the ``percentile``
+    of ``|value|`` reaches full black or full colour (a few extreme pixels would otherwise wash it out)."""
+    array = projection.detach().cpu().float().numpy() if isinstance(projection, torch.Tensor) else projection
+    array = np.asarray(array, dtype=np.float64)
+    if array.shape[0] == 1:
+        array = np.repeat(array, 3, axis=0)
+    scale = np.percentile(np.abs(array), percentile) if array.size else 0.0
+    if scale <= 0:
+        scale = np.abs(array).max() if array.size else 0.0
+    shown = 0.5 + 0.5 * array / scale if scale > 0 else np.full_like(array, 0.5)
+    return np.clip(shown.transpose(1, 2, 0), 0.0, 1.0)

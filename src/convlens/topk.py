@@ -1,0 +1,376 @@
+"""Each unit's strongest activations across an image folder, with their patches and deconv projections.
+
+Zeiler & Fergus's Fig. 2: for every unit of a layer, the k images (9 in the paper) where it fires hardest, the
+image patch under its receptive field at that spot, and the deconvnet projection of that single activation
+cropped to the same field.
+
+The scan is one streaming, batched pass (a ``DataLoader`` over the files): memory is one batch plus a running
+``units x k`` table, whatever the folder's size. Each image counts once per unit, with its strongest position;
+ties keep the image that came first (sorted paths), so the result is deterministic.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from convlens.data.images import list_images, load_image
+from convlens.deconv import check_rule, layer_outputs, project_activations, run_forward
+from convlens.errors import ConvlensError
+from convlens.hooks import preserved_state
+from convlens.models.classifier import ImageClassifier, as_module
+from convlens.models.preprocessing import Preprocessing
+from convlens.receptive_field import ReceptiveField, receptive_field
+
+
+def parse_units(spec: str | Sequence[int] | None, channels: int) -> list[int]:
+    """``"0:16"``, ``"0:64:4"``, ``"3,7,12"`` or a list of ints to channel indices (a range is clipped to
+    ``channels``; an explicit index out of range is an error). None means every channel."""
+    if spec is None:
+        return list(range(channels))
+    if isinstance(spec, str):
+        units: list[int] = []
+        for part in (p.strip() for p in spec.split(",") if p.strip()):
+            if ":" in part:
+                try:
+                    bounds = [int(b) if b else None for b in part.split(":")]
+                except ValueError:
+                    raise ConvlensError(f"--units {spec!r}: expected START:STOP[:STEP] or a list like 3,7,12") from None
+                units += list(range(channels))[slice(*bounds)]
+            else:
+                try:
+                    units.append(int(part))
+                except ValueError:
+                    raise ConvlensError(f"--units {spec!r}: expected START:STOP[:STEP] or a list like 3,7,12") from None
+    else:
+        units = [int(u) for u in spec]
+    bad = [u for u in units if not 0 <= u < channels]
+    if bad:
+        raise ConvlensError(f"unit {bad[0]} out of range: the layer has {channels} channels")
+    if not units:
+        raise ConvlensError(f"--units {spec!r} selects no channel (the layer has {channels})")
+    return list(dict.fromkeys(units))
+
+
+class ImageFiles(torch.utils.data.Dataset):
+    """Image files as preprocessed tensors, one at a time (for a ``DataLoader``); bad files come back as their
+    one-line error message, so the main process can raise it as such (workers would wrap it in a traceback)."""
+
+    def __init__(self, paths: Sequence[Path], preprocessing: Preprocessing) -> None:
+        self.paths = list(paths)
+        self.preprocessing = preprocessing
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        try:
+            return self.preprocessing.to_tensor(load_image(self.paths[index])), index, ""
+        except ConvlensError as exc:
+            return torch.zeros(3, *self.preprocessing.input_size), index, str(exc)
+
+
+def image_batches(paths: Sequence[Path], preprocessing: Preprocessing, batch_size: int = 32,
+                  num_workers: int = 0) -> torch.utils.data.DataLoader:
+    """Batches ``(inputs, indices, errors)`` in file order; ``num_workers`` processes decode ahead."""
+    return torch.utils.data.DataLoader(ImageFiles(paths, preprocessing), batch_size=batch_size, shuffle=False,
+                                       num_workers=num_workers, persistent_workers=False,
+                                       prefetch_factor=2 if num_workers > 0 else None)
+
+
+@dataclass
+class TopActivations:
+    """For each of ``units``, the ``k`` strongest activations over ``paths``, strongest first.
+
+    ``values[u, r]``, ``images[u, r]`` (index into ``paths``; -1 where fewer than ``k`` images were seen) and
+    ``positions[u, r] = (row, col)`` in the layer's map of size ``map_size``.
+    """
+
+    layer: str
+    units: list[int]
+    k: int
+    paths: list[Path]
+    values: torch.Tensor
+    images: torch.Tensor
+    positions: torch.Tensor
+    map_size: tuple[int, int]
+    layer_calls: int
+    channels: int  # of the layer
+
+    def entries(self) -> list[tuple[int, int, int, tuple[int, int], float]]:
+        """``(unit index, rank, image index, position, value)`` for every filled slot."""
+        found = []
+        for u in range(len(self.units)):
+            for r in range(self.k):
+                image = int(self.images[u, r])
+                if image >= 0:
+                    position = (int(self.positions[u, r, 0]), int(self.positions[u, r, 1]))
+                    found.append((u, r, image, position, float(self.values[u, r])))
+        return found
+
+
+class _RunningTop:
+    """The running ``units x k`` table, merged batch by batch (a stable sort keeps earlier images on ties)."""
+
+    def __init__(self, count: int, k: int) -> None:
+        self.k = k
+        self.values = torch.full((count, 0), -math.inf)
+        self.images = torch.zeros((count, 0), dtype=torch.long)
+        self.flat_positions = torch.zeros((count, 0), dtype=torch.long)
+
+    def merge(self, values: torch.Tensor, images: torch.Tensor, flat_positions: torch.Tensor) -> None:
+        """``values``/``flat_positions``: ``batch x units``; ``images``: ``batch``."""
+        values = torch.cat([self.values, values.T], dim=1)
+        images = torch.cat([self.images, images.view(1, -1).expand(values.shape[0], -1)], dim=1)
+        flat_positions = torch.cat([self.flat_positions, flat_positions.T], dim=1)
+        order = torch.sort(values, dim=1, descending=True, stable=True).indices[:, :self.k]
+        self.values = values.gather(1, order)
+        self.images = images.gather(1, order)
+        self.flat_positions = flat_positions.gather(1, order)
+
+
+def top_activations(model: ImageClassifier, images: str | Path | Sequence[str | Path], layer: str,
+                    units: str | Sequence[int] | None = None, k: int = 9, batch_size: int = 32,
+                    num_workers: int = 0, progress: bool = False) -> TopActivations:
+    """One streaming pass over ``images`` (a folder, searched recursively, or a list of files) keeping each
+    unit's ``k`` strongest activations. ``units`` as in ``parse_units`` (None: every channel)."""
+    if k < 1:
+        raise ConvlensError(f"--k must be at least 1, got {k}")
+    paths = _image_paths(images)
+    module = as_module(model)
+    loader = image_batches(paths, model.preprocessing, batch_size, num_workers)
+    batches = _tracked(loader, len(loader), "scanning images", progress)
+    running = None
+    calls = None
+    chosen: list[int] = []
+    map_size, channels = (1, 1), 0
+    with preserved_state(module) as net, torch.inference_mode():
+        device = next(iter(net.parameters()), torch.empty(0)).device
+        for inputs, indices, errors in batches:
+            _raise_first(errors)
+            with layer_outputs(net, layer, calls=calls) as record:
+                output = run_forward(net, inputs.to(device, non_blocking=True), record, layer)
+            if running is None:  # the first batch runs the whole model and learns where to stop next time
+                calls = record["calls"]
+                _check_spatial(output, layer)
+                channels = output.shape[1]
+                chosen = parse_units(units, channels)
+                map_size = (output.shape[2], output.shape[3])
+                running = _RunningTop(len(chosen), k)
+                unit_index = torch.tensor(chosen, device=device)
+            maps = output.index_select(1, unit_index).flatten(2)
+            values, flat = maps.max(dim=2)
+            running.merge(values.float().cpu(), indices, flat.cpu())
+    rows, cols = running.flat_positions // map_size[1], running.flat_positions % map_size[1]
+    images_taken = torch.where(torch.isfinite(running.values), running.images, torch.full_like(running.images, -1))
+    return TopActivations(layer, chosen, k, paths, running.values, images_taken, torch.stack([rows, cols], dim=2),
+                          map_size, int(calls), channels)
+
+
+def _image_paths(images: str | Path | Sequence[str | Path]) -> list[Path]:
+    if isinstance(images, (str, Path)):
+        paths = list_images(images)
+    else:
+        paths = [Path(p) for p in images]
+    if not paths:
+        raise ConvlensError(f"no images found in {images}")
+    return paths
+
+
+def _raise_first(errors: Sequence[str]) -> None:
+    for error in errors:
+        if error:
+            raise ConvlensError(error)
+
+
+def _check_spatial(output: torch.Tensor, layer: str) -> None:
+    if output.dim() != 4:
+        raise ConvlensError(f"layer {layer!r} has output shape {tuple(output.shape[1:])}: choose a layer with "
+                            "spatial maps (channels x height x width)")
+
+
+def _tracked(items: Iterable, total: int, description: str, progress: bool) -> Iterable:
+    if not progress:
+        return items
+    from convlens.cli.common import track
+
+    return track(items, total=total, description=description)
+
+
+@dataclass
+class TopExamples:
+    """``TopActivations`` with, for every slot, the patch under the receptive field and the projection of that
+    single activation cropped to it. Crops clipped by the image border are padded to the field's full size
+    (``field.size``) on the clipped side: white for patches, zero for projections."""
+
+    top: TopActivations
+    rule: str
+    field: ReceptiveField
+    boxes: np.ndarray  # units x k x 4: top, left, bottom, right in input pixels; -1 for empty slots
+    patches: np.ndarray  # units x k x rh x rw x 3 display pixels in [0, 1]
+    projections: np.ndarray  # units x k x C x rh x rw raw projections
+    inputs: torch.Tensor  # the preprocessed images that appear, in order of ``input_images``
+    input_images: list[int] = field(default_factory=list)  # indices into top.paths
+
+
+def top_examples(model: ImageClassifier, top: TopActivations, rule: str = "deconvnet", batch_size: int = 16,
+                 progress: bool = False) -> TopExamples:
+    """Patches and cropped projections for every slot of ``top`` (projections batched, ``batch_size`` at once)."""
+    check_rule(rule)
+    entries = top.entries()
+    used = sorted({image for _, _, image, _, _ in entries})
+    inputs = torch.stack([model.preprocessing.to_tensor(load_image(top.paths[i])) for i in used]) if used else \
+        torch.zeros(0, 3, *model.input_size)
+    row_of = {image: n for n, image in enumerate(used)}
+    projections = torch.zeros(len(entries), *inputs.shape[1:])
+    chunks = range(0, len(entries), batch_size)
+    for start in _tracked(chunks, len(chunks), "projecting", progress):
+        batch = entries[start:start + batch_size]
+        projections[start:start + len(batch)] = project_activations(
+            model, inputs[[row_of[image] for _, _, image, _, _ in batch]], top.layer,
+            [top.units[u] for u, _, _, _, _ in batch], [position for _, _, _, position, _ in batch], rule,
+            layer_calls=top.layer_calls)
+    rf = receptive_field(model, top.layer, model.input_size, rows={p[0] for _, _, _, p, _ in entries},
+                         cols={p[1] for _, _, _, p, _ in entries},
+                         probe=(top.layer_calls, (1, top.channels, *top.map_size)))
+    height, width = rf.size
+    count, k = len(top.units), top.k
+    boxes = np.full((count, k, 4), -1, dtype=np.int64)
+    patches = np.ones((count, k, height, width, 3), dtype=np.float32)
+    crops = np.zeros((count, k, inputs.shape[1], height, width), dtype=np.float32)
+    for n, (u, r, image, position, _) in enumerate(entries):
+        box = rf.box(*position)
+        boxes[u, r] = box
+        display = model.preprocessing.to_display(inputs[row_of[image]])
+        patches[u, r] = pad_crop(display[box[0]:box[2], box[1]:box[3]], box, rf, channels_last=True, fill=1.0)
+        crops[u, r] = pad_crop(projections[n].numpy()[:, box[0]:box[2], box[1]:box[3]], box, rf,
+                               channels_last=False, fill=0.0)
+    return TopExamples(top, rule, rf, boxes, patches, crops, inputs, used)
+
+
+def pad_crop(crop: np.ndarray, box: tuple[int, int, int, int], rf: ReceptiveField, channels_last: bool,
+             fill: float) -> np.ndarray:
+    """A crop clipped by the image border, padded to the field's full size on the side that was clipped."""
+    height, width = rf.size
+    rows, cols = box[2] - box[0], box[3] - box[1]
+    top = height - rows if box[0] == 0 else 0  # clipped at the top: the missing rows lie above
+    left = width - cols if box[1] == 0 else 0
+    shape = (height, width, crop.shape[2]) if channels_last else (crop.shape[0], height, width)
+    padded = np.full(shape, fill, dtype=np.float32)
+    if channels_last:
+        padded[top:top + rows, left:left + cols] = crop
+    else:
+        padded[:, top:top + rows, left:left + cols] = crop
+    return padded
+
+
+def top_examples_figure(examples: TopExamples, title: str | None = None, units_per_row: int = 4,
+                        tile_inches: float = 0.6):
+    """The paper's Fig. 2 layout: for each unit, its projections in a grid beside the matching patches."""
+    import matplotlib.pyplot as plt
+
+    from convlens.deconv import projection_image
+
+    top = examples.top
+    side = math.ceil(math.sqrt(top.k))
+    count = len(top.units)
+    columns = min(units_per_row, count)
+    rows = math.ceil(count / columns)
+    figure = plt.figure(figsize=(columns * (2 * side + 1.2) * tile_inches, rows * (side + 0.9) * tile_inches + 0.5))
+    outer = figure.add_gridspec(rows, columns, wspace=0.12, hspace=0.35)
+    for u, unit in enumerate(top.units):
+        panel = outer[u // columns, u % columns].subgridspec(side, 2 * side + 1, wspace=0.04, hspace=0.04,
+                                                           width_ratios=[1] * side + [0.25] + [1] * side)
+        for r in range(side * side):
+            for offset, tile in ((0, "projection"), (side + 1, "patch")):
+                axis = figure.add_subplot(panel[r // side, offset + r % side])
+                axis.set_xticks([])
+                axis.set_yticks([])
+                for spine in axis.spines.values():
+                    spine.set_color("#bbbbbb")
+                    spine.set_linewidth(0.5)
+                if r >= top.k or int(top.images[u, r]) < 0:
+                    axis.set_axis_off()
+                    continue
+                if tile == "projection":
+                    axis.imshow(projection_image(examples.projections[u, r]), interpolation="nearest")
+                else:
+                    axis.imshow(examples.patches[u, r], interpolation="nearest")
+                if r == 0 and offset == 0:
+                    peak = float(top.values[u, 0])
+                    axis.set_title(f"unit {unit}  (max {peak:.3g})", fontsize=8, loc="left", pad=3)
+    height, width = examples.field.size
+    figure.suptitle(title or f"{top.layer}: top-{top.k} activations per unit over {len(top.paths)} images "
+                             f"({examples.rule} projections | image patches, field {height}x{width} px)",
+                    fontsize=10)
+    return figure
+
+
+DEMO_LAYER = "blocks.2"
+
+
+def demo_section(context):
+    """Deconvnet projections of a sample photo's strongest units, and a top-9 figure over a small folder made
+    of the sample photos and crops of them."""
+    from convlens.deconv import (
+        project_activations,
+        projection_image,
+        strongest_position,
+        strongest_units,
+        unit_activations,
+    )
+    from convlens.demo import DemoSection
+    from convlens.render import image_grid
+
+    model, folder = context.model, context.out / "deconvnet"
+    images = _demo_folder(context.photos, folder / "images")
+    photo = context.photos[1]
+    inputs = model.prepare([photo])
+    activations = unit_activations(model, inputs, DEMO_LAYER)[0]
+    units = strongest_units(activations, 4)
+    peaks = [strongest_position(activations[u]) for u in units]
+    tiles, titles = [model.preprocessing.to_display(inputs[0])], [photo.stem]
+    for rule in ("deconvnet", "guided"):
+        projected = project_activations(model, inputs.expand(len(units), -1, -1, -1), DEMO_LAYER, units, peaks, rule)
+        tiles += [projection_image(p) for p in projected]
+        titles += [f"{rule}: unit {u} at {p}" for u, p in zip(units, peaks, strict=True)]
+    tiles.insert(5, model.preprocessing.to_display(inputs[0]))
+    titles.insert(5, photo.stem)
+    figure = image_grid(tiles, titles, ncols=5, tile_inches=2.0,
+                        suptitle=f"{DEMO_LAYER}: the 4 strongest units' peak activations projected to pixels")
+    projections_png = folder / "projections.png"
+    figure.savefig(projections_png, dpi=100, bbox_inches="tight")
+    top = top_activations(model, images, DEMO_LAYER, units="0:4", k=9, batch_size=8)
+    examples = top_examples(model, top, "deconvnet")
+    figure = top_examples_figure(examples, units_per_row=2, tile_inches=0.8)
+    topk_png = folder / "topk.png"
+    figure.savefig(topk_png, dpi=100, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+    text = (f"Zeiler & Fergus deconvnet. Top: the four channels of {DEMO_LAYER} that fire hardest on a sample photo, "
+            "each peak activation fed back down to pixels (deconvnet: ReLUs rectify the signal coming down; "
+            "guided backprop also keeps the forward masks). Bottom: for units 0-3, the nine strongest activations "
+            f"over {len(top.paths)} images (the sample photos and crops of them): projections beside the image "
+            "patches under the unit's receptive field (`convlens deconv`, `convlens topk`).")
+    return DemoSection("Deconvnet projections and top-9 patches", text,
+                       [str(p.relative_to(context.out)) for p in (projections_png, topk_png)])
+
+
+def _demo_folder(photos: Sequence[Path], folder: Path) -> Path:
+    """The sample photos and their four quadrant and centre crops, as image files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for photo in photos:
+        image = load_image(photo)
+        width, height = image.size
+        boxes = {"full": (0, 0, width, height), "centre": (width // 4, height // 4, 3 * width // 4, 3 * height // 4)}
+        for n, (x, y) in enumerate(((0, 0), (width // 2, 0), (0, height // 2), (width // 2, height // 2))):
+            boxes[f"q{n}"] = (x, y, x + width // 2, y + height // 2)
+        for name, box in boxes.items():
+            image.crop(box).save(folder / f"{photo.stem}_{name}.png")
+    return folder
