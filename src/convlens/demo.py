@@ -13,9 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from convlens.cam.figures import cam_section
 from convlens.featuremaps import demo_section as filters_featuremaps_section
 from convlens.models import DEFAULT_SPEC, ImageClassifier, load_model
+from convlens.occlusion import demo_section as occlusion_invariance_section
 from convlens.topk import demo_section as deconvnet_section
+from convlens.training.demo import training_section
 
 SAMPLE_PHOTOS = ("coffee", "chelsea", "astronaut", "rocket")
 
@@ -72,6 +75,9 @@ SECTIONS: list[Callable[[DemoContext], DemoSection]] = [
     predictions_section,
     filters_featuremaps_section,
     deconvnet_section,
+    training_section,
+    cam_section,
+    occlusion_invariance_section,
 ]
 
 

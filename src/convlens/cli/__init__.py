@@ -11,7 +11,10 @@ from convlens.errors import ConvlensError
 # Each module registers its commands on ``app``.
 COMMAND_MODULES = [
     "convlens.cli.basic",
+    "convlens.cli.cam",
     "convlens.cli.demo",
+    "convlens.cli.sensitivity",
+    "convlens.cli.train",
     "convlens.cli.visualize",
     "convlens.cli.zeiler",
 ]

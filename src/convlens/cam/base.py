@@ -1,0 +1,406 @@
+"""The shared machinery of every class activation map method: inputs, hooks, targets, batching, results.
+
+A method is a subclass of ``BaseCAM`` that says only how the channel weights (``_weights``) or the whole
+map (``_layer_map``) are computed from one layer's ``LayerData``. Everything else lives here:
+
+- hooks are registered inside ``preserved_state`` and removed in ``finally``, so after a call, also one that
+  raised, the model's weights, modes, ``requires_grad``, ``.grad`` and hooks are exactly as before;
+- gradient methods freeze the parameters for the call and start the autograd graph at the hooked layer
+  (its output becomes a leaf that requires grad), so the backward pass is ``torch.autograd.grad`` from the
+  target scores to that layer only: no parameter gradient is ever computed or stored;
+- the hooked output is handed on as a clone, so in-place ops downstream (``ReLU(inplace=True)``) cannot
+  corrupt what was captured;
+- images are explained in chunks of ``batch_size``; gradient-free parts run under ``torch.inference_mode``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from convlens.errors import ConvlensError
+from convlens.hooks import preserved_state, resolve_layer
+from convlens.models.classifier import ImageClassifier, as_module
+from convlens.targets import ClassTarget, Target, TargetSpec, resolve_targets
+
+ImagesLike = torch.Tensor | str | Path | Image.Image | Sequence[str | Path | Image.Image]
+
+
+@dataclass(frozen=True)
+class CAMResult:
+    """What one call of a CAM method returns (tensors on the CPU, float32).
+
+    ``raw``: one ``N x h x w`` map per layer at the layer's resolution, after the method's ReLU and before any
+    normalisation or resizing. ``maps``: ``N x H x W`` at the input's resolution, scaled to [0, 1] per image
+    (with several layers: each layer's map scaled and upsampled, averaged, scaled again).
+    """
+
+    method: str
+    layers: tuple[str, ...]
+    raw: tuple[torch.Tensor, ...]
+    maps: torch.Tensor
+    targets: tuple[int | None, ...]  # class index per image; None where the target is a callable
+    predicted: tuple[int | None, ...]  # top class per image; None when the model output is not one tensor
+    scores: torch.Tensor  # each image's target score on the unmodified input
+    logits: torch.Tensor | None = None  # N x classes, when the model output is one tensor
+
+    @property
+    def cam_raw(self) -> torch.Tensor:
+        """The raw map of the only layer (``raw[0]``); with several layers use ``raw``."""
+        if len(self.raw) != 1:
+            raise ConvlensError(f"{len(self.raw)} layers were explained; use .raw (one map per layer)")
+        return self.raw[0]
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The result as named arrays (what ``save`` writes): ``cam``, ``cam_raw`` (``cam_raw.LAYER`` per layer
+        when there are several), ``target`` and ``predicted`` (-1 where unknown) and ``score``."""
+        arrays = {"cam": self.maps.numpy()}
+        if len(self.layers) == 1:
+            arrays["cam_raw"] = self.raw[0].numpy()
+        else:
+            arrays.update({f"cam_raw.{layer}": raw.numpy() for layer, raw in zip(self.layers, self.raw,
+                                                                                   strict=True)})
+        arrays["target"] = np.array([-1 if t is None else t for t in self.targets], dtype=np.int64)
+        arrays["predicted"] = np.array([-1 if p is None else p for p in self.predicted], dtype=np.int64)
+        arrays["score"] = self.scores.numpy()
+        return arrays
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``arrays()`` to ``path`` (``.npz``); returns the path written."""
+        path = Path(path)
+        if path.suffix != ".npz":
+            path = path.with_name(path.name + ".npz")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(path, **self.arrays())
+        return path
+
+
+@dataclass
+class LayerData:
+    """One layer's view of one chunk of images: what a method computes its weights or map from."""
+
+    layer: str
+    activations: torch.Tensor  # n x C x h x w, float32
+    gradients: torch.Tensor | None  # d(sum of target scores) / d(activations), for gradient methods
+    inputs: torch.Tensor  # the chunk's model inputs, n x 3 x H x W
+    targets: list[Target]
+    scores: torch.Tensor  # n target scores on the unmodified inputs
+    module: nn.Module  # the model (in eval mode), for methods that run more forward passes
+    calls: int = 1  # how often the layer ran in one forward pass (the last call is the one explained)
+
+
+@dataclass
+class _Chunk:
+    raw: list[torch.Tensor]
+    targets: list[Target]
+    scores: torch.Tensor
+    output: Any
+    extra: dict = field(default_factory=dict)
+
+
+class BaseCAM:
+    """``with GradCAM(model, layer) as cam: result = cam(images, targets)``.
+
+    ``model``: an ImageClassifier or a bare ``nn.Module``. ``layer``: a module path, a list of them (their maps
+    are fused), or None for the last conv layer with spatial extent. ``images``: a preprocessed ``N x 3 x H x W``
+    batch (or one ``3 x H x W`` image), or paths / PIL images when the model is an ImageClassifier.
+    ``targets``: a class index, a class name, ``"predicted"`` (default), or a callable on the model output, for
+    all images or one per image. ``batch_size``: images per forward pass (for Score-CAM and Ablation-CAM:
+    masked or ablated copies per forward pass). ``input_size`` is only used to find the default layer of a
+    bare module (ImageClassifiers know theirs).
+    """
+
+    name: ClassVar[str] = ""  # CLI name
+    title: ClassVar[str] = ""  # for figures
+    uses_gradients: ClassVar[bool] = False
+    relu: ClassVar[bool] = True  # the method's ReLU on the weighted sum
+    extra_passes: ClassVar[bool] = False  # one forward pass per channel: the progress bar counts those
+
+    def __init__(self, model: ImageClassifier | nn.Module, layer: str | Sequence[str] | None = None, *,
+                 batch_size: int = 32, progress: bool = False, input_size: tuple[int, int] | None = None) -> None:
+        if batch_size < 1:
+            raise ConvlensError(f"batch_size must be at least 1, got {batch_size}")
+        self.model = model
+        self.module = as_module(model)
+        self.batch_size = batch_size
+        self.progress = progress
+        self.input_size = input_size or (model.input_size if isinstance(model, ImageClassifier) else (224, 224))
+        self.layers = self._resolve_layers(layer)
+
+    def _resolve_layers(self, layer: str | Sequence[str] | None) -> list[str]:
+        if layer is None:
+            from convlens.layers import last_spatial_conv
+
+            return [last_spatial_conv(self.model, self.input_size)]
+        names = [layer] if isinstance(layer, str) else list(layer)
+        if not names:
+            raise ConvlensError("no layer given; pass a layer name or None for the last conv layer")
+        for name in names:
+            resolve_layer(self.module, name)
+        if len(set(names)) != len(names):
+            raise ConvlensError(f"layer listed twice in {names}")
+        return names
+
+    def __enter__(self) -> BaseCAM:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        return None  # hooks live only inside a call: there is nothing to release
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(layers={self.layers}, batch_size={self.batch_size})"
+
+    # --- the per-method part -------------------------------------------------------------------------------
+    def _weights(self, data: LayerData) -> torch.Tensor:
+        """``n x C`` channel weights; the map is ``sum_c w_c A_c`` (then the method's ReLU)."""
+        raise NotImplementedError
+
+    def _layer_map(self, data: LayerData) -> torch.Tensor:
+        """``n x h x w`` map before the ReLU; the default weights the channels with ``_weights``."""
+        weights = self._weights(data)
+        return torch.einsum("nc,nchw->nhw", weights.to(data.activations.dtype), data.activations)
+
+    # --- the shared part -----------------------------------------------------------------------------------
+    def __call__(self, images: ImagesLike, targets: TargetSpec | Sequence[TargetSpec] = None) -> CAMResult:
+        inputs = self._inputs(images)
+        specs = _per_image_specs(targets, len(inputs))
+        chunks: list[_Chunk] = []
+        with preserved_state(self.module) as module:
+            starts = range(0, len(inputs), self.batch_size)
+            images_bar = self._track(starts, len(starts), f"{self.title}: images") if not self.extra_passes else starts
+            for start in images_bar:
+                stop = start + self.batch_size
+                chunk_specs = specs[start:stop] if isinstance(specs, list) else specs
+                chunks.append(self._explain(module, inputs[start:stop], chunk_specs))
+        return self._result(chunks, inputs.shape[-2:])
+
+    def _inputs(self, images: ImagesLike) -> torch.Tensor:
+        device = next(iter(self.module.parameters()), torch.empty(0)).device
+        if not isinstance(images, torch.Tensor):
+            if not isinstance(self.model, ImageClassifier):
+                raise ConvlensError("paths and PIL images need an ImageClassifier (convlens.load_model); "
+                                    "with a bare nn.Module pass a preprocessed N x 3 x H x W tensor")
+            images = self.model.prepare(images)
+        if images.ndim == 3:
+            images = images[None]
+        if images.ndim != 4 or images.shape[0] == 0:
+            raise ConvlensError(f"images must be an N x C x H x W batch, got shape {tuple(images.shape)}")
+        with torch.inference_mode(False):
+            return images.detach().to(device).clone()  # a normal tensor even if made under inference_mode
+
+    def _explain(self, module: nn.Module, inputs: torch.Tensor, specs) -> _Chunk:
+        if self.uses_gradients:
+            activations, gradients, calls, output, targets, scores = _forward_with_gradients(
+                self.model, module, self.layers, inputs, specs)
+        else:
+            activations, calls, output, targets, scores = _forward_capturing(self.model, module, self.layers,
+                                                                             inputs, specs)
+            gradients = {}
+        raw = []
+        for layer in self.layers:
+            data = LayerData(layer, activations[layer].float(), gradients.get(layer), inputs, targets, scores,
+                             module, calls[layer])
+            with torch.inference_mode():
+                layer_map = self._layer_map(data).float()
+                raw.append(F.relu(layer_map) if self.relu else layer_map)
+        return _Chunk(raw, targets, scores, output)
+
+    def _result(self, chunks: list[_Chunk], size: torch.Size) -> CAMResult:
+        raw = tuple(torch.cat([chunk.raw[i] for chunk in chunks]).cpu() for i in range(len(self.layers)))
+        maps = fuse_maps(raw, tuple(size))
+        targets = [t for chunk in chunks for t in chunk.targets]
+        outputs = [chunk.output for chunk in chunks]
+        logits = torch.cat([o.detach().float().cpu() for o in outputs]) if all(
+            isinstance(o, torch.Tensor) and o.ndim == 2 for o in outputs) else None
+        predicted = tuple(int(i) for i in logits.argmax(1)) if logits is not None else (None,) * len(targets)
+        indices = tuple(t.index if isinstance(t, ClassTarget) else None for t in targets)
+        scores = torch.cat([chunk.scores for chunk in chunks]).float().cpu()
+        return CAMResult(self.name, tuple(self.layers), raw, maps, indices, predicted, scores, logits)
+
+    def _track(self, items: Iterable, total: int, description: str) -> Iterator:
+        if not self.progress:
+            return iter(items)
+        from convlens.cli.common import track
+
+        return track(items, total, description)
+
+
+# --- maps ----------------------------------------------------------------------------------------------------
+def min_max_per_image(maps: torch.Tensor) -> torch.Tensor:
+    """Scale each ``h x w`` map of an ``N x h x w`` stack to [0, 1]; a constant map becomes zeros."""
+    flat = maps.flatten(1)
+    low = flat.amin(1, keepdim=True)
+    span = flat.amax(1, keepdim=True) - low
+    scaled = torch.where(span > 0, (flat - low) / span.clamp_min(torch.finfo(flat.dtype).tiny),
+                         torch.zeros_like(flat))
+    return scaled.view_as(maps)
+
+
+def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``N x h x w`` maps resized bilinearly (pixel centres aligned, like OpenCV) to ``size``."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    return F.interpolate(maps[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def fuse_maps(raw: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+    """Each layer's map scaled to [0, 1] and upsampled to ``size``, averaged over layers, scaled to [0, 1]
+    (pytorch-grad-cam's order; with one layer this is the upsampled map scaled to [0, 1])."""
+    upsampled = [upsample(min_max_per_image(layer_map), size) for layer_map in raw]
+    return min_max_per_image(upsampled[0] if len(upsampled) == 1 else torch.stack(upsampled).mean(0))
+
+
+# --- targets -------------------------------------------------------------------------------------------------
+def _per_image_specs(targets, count: int):
+    if isinstance(targets, (list, tuple)):
+        if len(targets) != count:
+            raise ConvlensError(f"{len(targets)} targets given for {count} images; give one, or one per image")
+        return list(targets)
+    return targets
+
+
+def _rows(output: Any, index: int) -> Any:
+    """Image ``index`` of a (possibly nested) model output, keeping the batch dimension."""
+    if isinstance(output, torch.Tensor):
+        return output[index:index + 1]
+    if isinstance(output, (tuple, list)):
+        return type(output)(_rows(item, index) for item in output)
+    if isinstance(output, dict):
+        return {key: _rows(value, index) for key, value in output.items()}
+    return output
+
+
+def batch_size_of(output: Any) -> int:
+    if isinstance(output, torch.Tensor):
+        return output.shape[0]
+    if isinstance(output, (tuple, list)) and output:
+        return batch_size_of(output[0])
+    if isinstance(output, dict) and output:
+        return batch_size_of(next(iter(output.values())))
+    raise ConvlensError(f"cannot read a batch from a model output of type {type(output).__name__}")
+
+
+def resolve_output_targets(model, specs, output: Any) -> list[Target]:
+    """One target per image; a model whose output is not one logits tensor needs callable targets."""
+    if isinstance(output, torch.Tensor) and output.ndim == 2:
+        return resolve_targets(model, specs, output.detach())
+    count = batch_size_of(output)
+    items = specs if isinstance(specs, list) else [specs] * count
+    if not all(callable(item) and not isinstance(item, (int, str)) for item in items):
+        raise ConvlensError("the model output is not an N x classes tensor: give targets as callables on the "
+                            "output (e.g. lambda out: out[1][:, 3])")
+    return list(items)
+
+
+def target_scores(targets: Sequence[Target], output: Any, owners: Sequence[int] | None = None) -> torch.Tensor:
+    """Row ``i`` scored with ``targets[owners[i]]`` (default: ``targets[i]``), as a vector."""
+    owners = range(batch_size_of(output)) if owners is None else owners
+    values = []
+    for row, owner in enumerate(owners):
+        value = targets[owner](_rows(output, row))
+        if not isinstance(value, torch.Tensor) or value.numel() != 1:
+            raise ConvlensError("a target must return one score per image (a 1-element tensor)")
+        values.append(value.reshape(()))
+    return torch.stack(values)
+
+
+# --- forward passes with hooks -------------------------------------------------------------------------------
+def _output_tensor(output: Any, layer: str) -> torch.Tensor:
+    tensor = output[0] if isinstance(output, (tuple, list)) else output
+    if not isinstance(tensor, torch.Tensor) or tensor.ndim != 4:
+        shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+        raise ConvlensError(f"layer {layer!r} gives {shape}, not an N x C x H x W feature map; choose a conv "
+                            "layer or block (`convlens layers MODEL`)")
+    return tensor
+
+
+def _replace_output(output: Any, tensor: torch.Tensor) -> Any:
+    if isinstance(output, tuple):
+        return (tensor, *output[1:])
+    if isinstance(output, list):
+        return [tensor, *output[1:]]
+    return tensor
+
+
+def _storing_hook(name: str, store: dict, make_leaf: bool, calls: dict):
+    def hook(module, args, output):
+        calls[name] = calls.get(name, 0) + 1
+        tensor = _output_tensor(output, name)
+        if make_leaf and not tensor.requires_grad:
+            # Nothing upstream needs a gradient: the graph starts here, the backward pass stops here.
+            tensor = tensor.detach().requires_grad_()
+        store[name] = tensor
+        # Hand on a copy: in-place ops downstream then modify the copy, never what we captured.
+        return _replace_output(output, tensor.clone())
+
+    return hook
+
+
+class _Hooks:
+    """Forward hooks on ``layers`` for one ``with`` block, removed in ``finally``."""
+
+    def __init__(self, module: nn.Module, hooks: dict[str, Callable]) -> None:
+        self.handles = [resolve_layer(module, name).register_forward_hook(hook) for name, hook in hooks.items()]
+
+    def __enter__(self) -> _Hooks:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def _check_ran(store: dict, layers: Sequence[str]) -> None:
+    missing = [layer for layer in layers if layer not in store]
+    if missing:
+        raise ConvlensError(f"layer {missing[0]!r} did not run in the forward pass; choose another layer")
+
+
+def _forward_capturing(model, module: nn.Module, layers: Sequence[str], inputs: torch.Tensor, specs):
+    """One inference-mode forward pass capturing the layers' outputs; targets resolved on its output."""
+    store: dict[str, torch.Tensor] = {}
+    calls: dict[str, int] = {}
+    hooks = {name: _storing_hook(name, store, False, calls) for name in layers}
+    with _Hooks(module, hooks), torch.inference_mode():
+        output = module(inputs)
+    _check_ran(store, layers)
+    targets = resolve_output_targets(model, specs, output)
+    with torch.inference_mode():
+        scores = target_scores(targets, output)
+    return store, calls, output, targets, scores
+
+
+def _forward_with_gradients(model, module: nn.Module, layers: Sequence[str], inputs: torch.Tensor, specs):
+    """Forward pass with the graph starting at the hooked layers, then ``torch.autograd.grad`` of the summed
+    target scores with respect to their outputs. Parameters are frozen for the call (restored by the caller's
+    ``preserved_state``), so no parameter gradient is computed and ``.grad`` is never touched."""
+    for parameter in module.parameters():
+        parameter.requires_grad_(False)
+    store: dict[str, torch.Tensor] = {}
+    calls: dict[str, int] = {}
+    with torch.inference_mode(False), torch.enable_grad():
+        with _Hooks(module, {name: _storing_hook(name, store, True, calls) for name in layers}):
+            output = module(inputs)
+        _check_ran(store, layers)
+        targets = resolve_output_targets(model, specs, output)
+        scores = target_scores(targets, output)
+        captured = [store[layer] for layer in layers]
+        if not scores.requires_grad:
+            raise ConvlensError(f"the target scores do not depend on layer {layers[0]!r}; choose another layer "
+                                "or a target computed from the model output")
+        gradients = torch.autograd.grad(scores.sum(), captured, allow_unused=True)
+    for layer, gradient in zip(layers, gradients, strict=True):
+        if gradient is None:
+            raise ConvlensError(f"the target score does not depend on layer {layer!r}; choose another layer")
+    activations = {layer: tensor.detach() for layer, tensor in zip(layers, captured, strict=True)}
+    if isinstance(output, torch.Tensor):
+        output = output.detach()
+    return activations, dict(zip(layers, gradients, strict=True)), calls, output, targets, scores.detach()

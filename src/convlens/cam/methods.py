@@ -1,0 +1,335 @@
+"""The CAM methods. Each one says only how its channel weights (or its whole map) are computed.
+
+Notation: ``A`` the layer's activations (``n x C x h x w``), ``G`` the gradient of the target score with
+respect to them, sums over ``ij`` run over the spatial positions. The formulas follow pytorch-grad-cam
+(torchcam for CAM), which the tests check against to 1e-4.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from convlens.cam.base import BaseCAM, LayerData, _Hooks, _replace_output, target_scores
+from convlens.errors import ConvlensError
+from convlens.hooks import preserved_state
+from convlens.models.classifier import ImageClassifier
+from convlens.targets import ClassTarget
+
+# Additive constants of pytorch-grad-cam and torchcam, kept so that the numbers match theirs.
+GRADCAM_PP_EPS = 1e-6
+XGRADCAM_EPS = 1e-7
+SCORECAM_MASK_EPS = 1e-8
+
+
+class CAM(BaseCAM):
+    """CAM (Zhou et al. 2016): ``sum_c w[target, c] A_c`` with ``w`` the weights of the final linear layer.
+
+    Only for models whose output is ``Linear(global_average_pool(A))``; the linear layer and, when ``layer`` is
+    None, the pooled layer are found with one probe forward pass (an error says when the model does not fit).
+    No ReLU, as in the paper and torchcam; no bias (it shifts the map by a constant).
+    """
+
+    name = "cam"
+    title = "CAM"
+    relu = False
+
+    def _resolve_layers(self, layer):
+        if not (layer is None or isinstance(layer, str) or len(layer) == 1):
+            raise ConvlensError("CAM explains one layer: the one global average pooling reads")
+        chosen = layer if layer is None or isinstance(layer, str) else layer[0]
+        self.layer_name, self.classifier_name, self.classifier = find_cam_head(self.module, chosen,
+                                                                                self.input_size)
+        return [self.layer_name]
+
+    def _weights(self, data: LayerData) -> torch.Tensor:
+        if not all(isinstance(t, ClassTarget) and not t.probability for t in data.targets):
+            raise ConvlensError("CAM explains class logits: give targets as class indices, names or 'predicted' "
+                                "(for other scores use gradcam)")
+        rows = torch.tensor([t.index for t in data.targets], device=self.classifier.weight.device)
+        return self.classifier.weight.detach()[rows].float().to(data.activations.device)
+
+
+class GradCAM(BaseCAM):
+    """Grad-CAM (Selvaraju et al. 2017): ``w_c = mean_ij G_cij``."""
+
+    name = "gradcam"
+    title = "Grad-CAM"
+    uses_gradients = True
+
+    def _weights(self, data: LayerData) -> torch.Tensor:
+        return data.gradients.float().mean(dim=(2, 3))
+
+
+class GradCAMPlusPlus(BaseCAM):
+    """Grad-CAM++ (Chattopadhyay et al. 2018, eq. 19 with the exponential-score shortcut):
+    ``a_cij = G^2 / (2 G^2 + sum_ij(A_c) G^3)`` (0 where ``G = 0``), ``w_c = sum_ij a_cij relu(G_cij)``."""
+
+    name = "gradcam++"
+    title = "Grad-CAM++"
+    uses_gradients = True
+
+    def _weights(self, data: LayerData) -> torch.Tensor:
+        gradients = data.gradients.float()
+        squared = gradients.pow(2)
+        sums = data.activations.sum(dim=(2, 3), keepdim=True)
+        alpha = squared / (2 * squared + sums * squared * gradients + GRADCAM_PP_EPS)
+        alpha = torch.where(gradients != 0, alpha, torch.zeros_like(alpha))
+        return (alpha * gradients.clamp_min(0)).sum(dim=(2, 3))
+
+
+class XGradCAM(BaseCAM):
+    """XGrad-CAM (Fu et al. 2020): ``w_c = sum_ij G_cij A_cij / sum_ij A_cij``."""
+
+    name = "xgradcam"
+    title = "XGrad-CAM"
+    uses_gradients = True
+
+    def _weights(self, data: LayerData) -> torch.Tensor:
+        sums = data.activations.sum(dim=(2, 3), keepdim=True)
+        return (data.gradients.float() * data.activations / (sums + XGRADCAM_EPS)).sum(dim=(2, 3))
+
+
+class LayerCAM(BaseCAM):
+    """Layer-CAM (Jiang et al. 2021): a weight per position, ``sum_c relu(G_cij) A_cij``."""
+
+    name = "layercam"
+    title = "Layer-CAM"
+    uses_gradients = True
+
+    def _layer_map(self, data: LayerData) -> torch.Tensor:
+        return (data.gradients.float().clamp_min(0) * data.activations).sum(dim=1)
+
+
+class EigenCAM(BaseCAM):
+    """Eigen-CAM (Muhammad & Yeasin 2020): the activations (positions x channels, each channel centred)
+    projected on their first principal component. Class-agnostic: the target does not change the map.
+
+    The sign of a principal component is arbitrary (pytorch-grad-cam keeps whatever LAPACK returns); here it
+    is chosen so that the projection correlates positively with the channel-summed activations, so the map
+    points at where the layer responds most, whatever the SVD routine.
+    """
+
+    name = "eigencam"
+    title = "Eigen-CAM"
+
+    def _layer_map(self, data: LayerData) -> torch.Tensor:
+        activations = data.activations.double()
+        n, _, h, w = activations.shape
+        positions = activations.flatten(2).transpose(1, 2)  # n x hw x C
+        centred = positions - positions.mean(dim=1, keepdim=True)
+        _, _, vh = torch.linalg.svd(centred, full_matrices=False)
+        projection = (centred @ vh[:, 0, :, None])[..., 0]  # n x hw
+        total = activations.sum(dim=1).flatten(1)
+        agreement = (projection * (total - total.mean(dim=1, keepdim=True))).sum(dim=1)
+        sign = torch.where(agreement < 0, -1.0, 1.0).to(projection.dtype)
+        return (projection * sign[:, None]).view(n, h, w).float()
+
+
+class ScoreCAM(BaseCAM):
+    """Score-CAM (Wang et al. 2020) as pytorch-grad-cam computes it: each channel, upsampled to the input
+    (bilinear, corners aligned) and scaled to [0, 1], masks the input; the target scores of the masked inputs,
+    softmaxed over channels, are the weights.
+
+    Masked inputs are evaluated ``batch_size`` at a time, across images. Channels whose maps are equal after
+    scaling to [0, 1] give the same mask (all constant channels, such as the many all-zero channels after a
+    ReLU, give the zero mask), so each distinct mask is evaluated once and its score shared.
+    """
+
+    name = "scorecam"
+    title = "Score-CAM"
+    extra_passes = True
+
+    def _weights(self, data: LayerData) -> torch.Tensor:
+        activations = data.activations
+        count, channels = activations.shape[:2]
+        owners, representatives, groups = [], [], []
+        for image in range(count):
+            inverse, first = distinct_maps(activations[image])
+            groups.append(inverse + len(owners))
+            owners += [image] * len(first)
+            representatives += first.tolist()
+        scores = self._masked_scores(data, owners, representatives)
+        return torch.softmax(scores[torch.stack(groups)], dim=1)
+
+    def _masked_scores(self, data: LayerData, owners: list[int], channels: list[int]) -> torch.Tensor:
+        size = tuple(data.inputs.shape[-2:])
+        device = data.activations.device
+        scores = []
+        starts = range(0, len(owners), self.batch_size)
+        for start in self._track(starts, len(starts), "Score-CAM: masked inputs"):
+            images = torch.tensor(owners[start:start + self.batch_size], device=device)
+            picked = torch.tensor(channels[start:start + self.batch_size], device=device)
+            maps = F.interpolate(data.activations[images, picked][:, None], size=size, mode="bilinear",
+                                 align_corners=True)
+            flat = maps.flatten(1)
+            low, high = flat.amin(1, keepdim=True), flat.amax(1, keepdim=True)
+            masks = ((flat - low) / (high - low + SCORECAM_MASK_EPS)).view_as(maps)
+            output = data.module(data.inputs[images] * masks.to(data.inputs.dtype))
+            scores.append(target_scores(data.targets, output, images.tolist()).float())
+        return torch.cat(scores)
+
+
+class AblationCAM(BaseCAM):
+    """Ablation-CAM (Desai & Ramaswamy 2020): ``w_c = (y - y_c) / y`` with ``y_c`` the target score when channel
+    ``c`` of the layer is set to zero. Ablated copies run ``batch_size`` at a time, across images.
+
+    All-zero channels are not run: ablating them changes nothing (weight 0, and they add nothing to the map).
+    pytorch-grad-cam ablates to zero too when the layer's minimum is 0 (after a ReLU); on layers with negative
+    values it uses ``min - 1e7`` instead, so compare on post-ReLU layers.
+    """
+
+    name = "ablationcam"
+    title = "Ablation-CAM"
+    extra_passes = True
+
+    def _weights(self, data: LayerData) -> torch.Tensor:
+        activations = data.activations
+        active = activations.flatten(2).ne(0).any(dim=2)  # n x C
+        owners, channels = (index.tolist() for index in active.nonzero(as_tuple=True))
+        ablated = data.scores[:, None].float().repeat(1, activations.shape[1])
+        if owners:
+            ablated[active] = self._ablated_scores(data, owners, channels)
+        original = data.scores[:, None].float()
+        return (original - ablated) / original
+
+    def _ablated_scores(self, data: LayerData, owners: list[int], channels: list[int]) -> torch.Tensor:
+        state: dict = {"calls": 0}
+
+        def replace(module, args, output):
+            # Replace only the call that was explained (a shared module may run several times per pass).
+            state["calls"] += 1
+            if state["calls"] % data.calls:
+                return None
+            tensor = output[0] if isinstance(output, (tuple, list)) else output
+            return _replace_output(output, state["batch"].to(tensor.dtype))
+
+        device = data.activations.device
+        scores = []
+        starts = range(0, len(owners), self.batch_size)
+        with _Hooks(data.module, {data.layer: replace}):
+            for start in self._track(starts, len(starts), "Ablation-CAM: ablated copies"):
+                images = torch.tensor(owners[start:start + self.batch_size], device=device)
+                picked = torch.tensor(channels[start:start + self.batch_size], device=device)
+                batch = data.activations[images].clone()
+                batch[torch.arange(len(images), device=device), picked] = 0
+                state["batch"] = batch
+                output = data.module(data.inputs[images])
+                scores.append(target_scores(data.targets, output, images.tolist()).float())
+        return torch.cat(scores)
+
+
+def distinct_maps(activations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Group the channels of one image's ``C x h x w`` activations whose maps are equal once scaled to [0, 1]
+    (constant maps all scale to zeros). Returns each channel's group and each group's first channel."""
+    flat = activations.flatten(1)
+    low = flat.amin(1, keepdim=True)
+    span = flat.amax(1, keepdim=True) - low
+    scaled = torch.where(span > 0, (flat - low) / span.clamp_min(torch.finfo(flat.dtype).tiny),
+                         torch.zeros_like(flat))
+    _, inverse = torch.unique(scaled, dim=0, return_inverse=True)
+    channel = torch.arange(len(flat), device=flat.device)
+    first = torch.full((int(inverse.max()) + 1,), len(flat), device=flat.device, dtype=torch.long)
+    first = first.scatter_reduce(0, inverse, channel, reduce="amin")
+    # Number the groups by their first channel, so the evaluation order follows the channels.
+    order = torch.argsort(first)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(len(order), device=order.device)
+    return rank[inverse], first[order]
+
+
+def find_cam_head(module: nn.Module, layer: str | None, input_size: Sequence[int]) -> tuple[str, str, nn.Linear]:
+    """``(layer, classifier name, classifier)`` for CAM, from one probe forward pass on a fixed random image.
+
+    The classifier is the ``nn.Linear`` whose output is the model output; the layer is one whose output,
+    averaged over its positions, is that linear layer's input (the last such layer to run when ``layer`` is
+    None). Anything else (flatten + dense, a pooled layer followed by more layers) cannot give a CAM.
+    """
+    records = _probe(module, input_size)
+    output, linears, maps, order = records["output"], records["linears"], records["maps"], records["order"]
+    hint = "; use gradcam, which works on any model"
+    if not isinstance(output, torch.Tensor) or output.ndim != 2:
+        raise ConvlensError(f"CAM needs a model whose output is N x classes logits{hint}")
+    heads = [name for name, (_, out) in linears.items() if out.shape == output.shape and torch.equal(out, output)]
+    if not heads:
+        raise ConvlensError(f"CAM needs a model that ends in global average pooling + nn.Linear; the output of "
+                            f"{type(module).__name__} does not come straight from an nn.Linear{hint}")
+    head = heads[-1]
+    features = linears[head][0]
+    pooled = [name for name in order if name in maps and _is_pooled_into(maps[name], features)]
+    if not pooled:
+        raise ConvlensError(f"CAM needs global average pooling right before the classifier {head!r}, but its "
+                            f"input is not the average of any layer's feature map{hint}")
+    if layer is None:
+        layer = pooled[-1]
+    elif layer not in pooled:
+        from convlens.hooks import resolve_layer
+
+        resolve_layer(module, layer)
+        raise ConvlensError(f"CAM needs the layer that global average pooling reads ({', '.join(pooled)}), "
+                            f"not {layer!r}; omit --layer, or use gradcam for other layers")
+    return layer, head, module.get_submodule(head)
+
+
+def _is_pooled_into(feature_map: torch.Tensor, features: torch.Tensor) -> bool:
+    if feature_map.shape[:2] != features.shape or feature_map.shape[2] * feature_map.shape[3] < 2:
+        return False
+    mean = feature_map.float().mean(dim=(2, 3))
+    tolerance = 1e-5 + 1e-4 * float(features.abs().max())
+    return bool((mean - features.float()).abs().max() <= tolerance)
+
+
+def _probe(module: nn.Module, input_size: Sequence[int]) -> dict:
+    """Outputs of every 4-D-producing module and inputs/outputs of every nn.Linear, for one random image."""
+    linears: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    maps: dict[str, torch.Tensor] = {}
+    order: list[str] = []
+
+    def record(name: str, is_linear: bool):
+        def hook(mod, args, output):
+            if is_linear and args and isinstance(args[0], torch.Tensor) and args[0].ndim == 2:
+                linears[name] = (args[0].detach().clone(), output.detach().clone())
+            tensor = output[0] if isinstance(output, (tuple, list)) else output
+            if isinstance(tensor, torch.Tensor) and tensor.ndim == 4:
+                maps[name] = tensor.detach().clone()
+                if name in order:
+                    order.remove(name)
+                order.append(name)  # firing order of the last call
+
+        return hook
+
+    named = [(name, m) for name, m in module.named_modules() if name]
+    device = next(iter(module.parameters()), torch.empty(0)).device
+    generator = torch.Generator().manual_seed(0)
+    image = torch.randn(1, 3, *input_size, generator=generator).to(device)
+    hooks = {name: record(name, isinstance(m, nn.Linear)) for name, m in named}
+    with preserved_state(module) as net, _Hooks(net, hooks), torch.inference_mode():
+        try:
+            output = net(image)
+        except RuntimeError as exc:
+            size = "x".join(map(str, input_size))
+            raise ConvlensError(f"probe forward pass at {size} failed ({str(exc).splitlines()[0]}); "
+                                "pass input_size=(H, W) for this model") from None
+    return {"output": output, "linears": linears, "maps": maps, "order": order}
+
+
+METHODS: dict[str, type[BaseCAM]] = {method.name: method for method in (
+    CAM, GradCAM, GradCAMPlusPlus, XGradCAM, LayerCAM, ScoreCAM, EigenCAM, AblationCAM)}
+
+
+def cam_method(name: str) -> type[BaseCAM]:
+    """The CAM class for a CLI name (``gradcam``, ``gradcam++``, ...), case and punctuation forgiving."""
+    key = name.lower().replace("-", "").replace("_", "").replace("plusplus", "++").replace("pp", "++")
+    if key in METHODS:
+        return METHODS[key]
+    raise ConvlensError(f"unknown CAM method {name!r}; choose from {', '.join(METHODS)}")
+
+
+def explain(model: ImageClassifier | nn.Module, images, method: str = "gradcam", layer=None, targets=None,
+            **options):
+    """One-call form: ``explain(model, images, "scorecam", layer="layer4", targets="predicted")``."""
+    with cam_method(method)(model, layer, **options) as extractor:
+        return extractor(images, targets)
