@@ -39,9 +39,9 @@ PEERS = {
     EigenCAM: pg.EigenCAM,
     AblationCAM: pg.AblationCAM,
 }
-# One forward pass per channel: on a layer with fewer channels (and vgg16 on one image), to stay fast.
-EXPENSIVE = {ScoreCAM: {"resnet": "layer2", "vgg": "features.8"},
-             AblationCAM: {"resnet": "layer2", "vgg": "features.8"}}
+# One forward pass per channel: on a layer with 128 channels and smaller inputs (vgg16: one image), to stay fast.
+EXPENSIVE = {ScoreCAM: {"resnet": ("layer2", 2, 64), "vgg": ("features.8", 1, 48)},
+             AblationCAM: {"resnet": ("layer2", 2, 64), "vgg": ("features.8", 1, 48)}}
 
 
 @pytest.fixture(scope="module")
@@ -76,9 +76,8 @@ def peer_raw(peer_class, model, layer, inputs, targets, layer_size):
 def test_cam_raw_matches_pytorch_grad_cam(model_name, method, request):
     model, layer, inputs, targets = request.getfixturevalue(model_name)
     if method in EXPENSIVE:
-        layer = EXPENSIVE[method][model_name]
-        if model_name == "vgg":
-            inputs, targets = inputs[:1], targets[:1]
+        layer, count, size = EXPENSIVE[method][model_name]
+        inputs, targets = inputs[:count, :, :size, :size].contiguous(), targets[:count]
     # batch_size 48 does not divide the 128 channels: Score/Ablation batches straddle two images.
     result = method(model, layer, batch_size=48)(inputs, targets)
     raw = result.cam_raw
@@ -113,6 +112,8 @@ def test_cam_finds_the_pooled_layer_and_explains_misfits(resnet):
         CAM(model, "layer3", input_size=(112, 112))
     with pytest.raises(ConvlensError, match="not the average of any layer"):
         CAM(torchvision.models.vgg11(num_classes=4), input_size=(64, 64))
+    with pytest.raises(ConvlensError, match="1x1 at 32x32 input"):
+        CAM(model, input_size=(32, 32))
     from convlens.models import BaselineCNN
 
     with pytest.raises(ConvlensError, match="not the average of any layer"):
@@ -486,3 +487,22 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
         error = capsys.readouterr().err.strip()
         assert error.startswith("error: ") and message in error and "\n" not in error
     assert not (tmp_path / "o").exists()
+
+
+def test_train_then_cam_workflow(tmp_path):
+    """The EuroSAT CAM workflow end to end: ``convlens train`` a torchvision resnet on a labelled folder, then
+    ``convlens cam RUN_DIR DATA/validation --method cam``."""
+    classes = ["HR", "normal", "sick"]
+    labelled_folder(tmp_path / "data" / "train", classes, per_class=4)
+    labelled_folder(tmp_path / "data" / "validation", classes, per_class=2)
+    run_dir = tmp_path / "run"
+    run_cli("train", str(tmp_path / "data"), "--arch", "torchvision:resnet18", "--img-size", "64", "--epochs", "1",
+            "--out", str(run_dir))
+    out = tmp_path / "cam"
+    run_cli("cam", str(run_dir), str(tmp_path / "data" / "validation"), "--method", "cam", "--out", str(out))
+    arrays = np.load(out / "arrays.npz")
+    assert arrays["label"].tolist() == [0, 0, 1, 1, 2, 2]
+    assert arrays["cam"].shape[0] == 6 and (out / "grid.png").is_file()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["methods"][0]["layers"] == ["layer4"]
+    assert [image["label"]["name"] for image in summary["images"]] == ["HR", "HR", "normal", "normal", "sick", "sick"]

@@ -164,3 +164,16 @@ def test_cli_writes_curves_figure_and_summary(tmp_path, sample_photos):
     assert arrays["rotate_early_distance"].shape == (2, 3) and arrays["translate_probability"].shape == (2, 3)
     assert arrays["translate_late_distance"][:, 1].tolist() == [0.0, 0.0]
     assert summary["figures"] == ["invariance.png"]
+
+
+def test_cli_layers_option(tmp_path, sample_photos):
+    from convlens.cli import main
+
+    out = tmp_path / "inv"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["invariance", "baseline:32", str(sample_photos[2]), "--transform", "scale,translate", "--points", "2",
+              "--layers", "conv2", "relu4", "--out", str(out), "--device", "cpu"])
+    assert exit_info.value.code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["layers"] == {"early": "conv2", "late": "relu4"}
+    assert list(summary["parameters"]["transforms"]) == ["scale", "translate"]

@@ -16,7 +16,7 @@ map (``_layer_map``) are computed from one layer's ``LayerData``. Everything els
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -103,7 +103,6 @@ class _Chunk:
     targets: list[Target]
     scores: torch.Tensor
     output: Any
-    extra: dict = field(default_factory=dict)
 
 
 class BaseCAM:

@@ -260,6 +260,11 @@ def find_cam_head(module: nn.Module, layer: str | None, input_size: Sequence[int
     head = heads[-1]
     features = linears[head][0]
     pooled = [name for name in order if name in maps and _is_pooled_into(maps[name], features)]
+    flat = [name for name in order if name in maps and _is_pooled_into(maps[name], features, min_positions=1)]
+    if not pooled and flat:
+        size = "x".join(map(str, input_size))
+        raise ConvlensError(f"the feature map global average pooling reads is 1x1 at {size} input: nothing to "
+                            "localise; use larger images (e.g. convlens train --img-size)")
     if not pooled:
         raise ConvlensError(f"CAM needs global average pooling right before the classifier {head!r}, but its "
                             f"input is not the average of any layer's feature map{hint}")
@@ -274,8 +279,8 @@ def find_cam_head(module: nn.Module, layer: str | None, input_size: Sequence[int
     return layer, head, module.get_submodule(head)
 
 
-def _is_pooled_into(feature_map: torch.Tensor, features: torch.Tensor) -> bool:
-    if feature_map.shape[:2] != features.shape or feature_map.shape[2] * feature_map.shape[3] < 2:
+def _is_pooled_into(feature_map: torch.Tensor, features: torch.Tensor, min_positions: int = 2) -> bool:
+    if feature_map.shape[:2] != features.shape or feature_map.shape[2] * feature_map.shape[3] < min_positions:
         return False
     mean = feature_map.float().mean(dim=(2, 3))
     tolerance = 1e-5 + 1e-4 * float(features.abs().max())

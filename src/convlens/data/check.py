@@ -264,6 +264,8 @@ class DataReport:
             "corrupt": [{"path": str(path), "reason": reason} for path, reason in self.corrupt],
             "ignored_non_images": [str(path) for path in self.ignored],
             "near_distance_bits": self.near_distance,
+            "near_pairs": len(self.near_pairs),
+            "look_alike_pairs_dropped": self.look_alike_pairs_dropped,
             "near_duplicate_groups": [[self.display(i) for i in g] for g in self.near_groups()],
             "validation_identical_to_train": [[self.display(i), self.display(self.leak_partner(i))]
                                               for i in leaks["exact"]],
