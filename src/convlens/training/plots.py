@@ -86,6 +86,9 @@ def folds_figure(histories: Sequence[Sequence[EpochRecord]], title: str, majorit
     axis.plot([r.epoch for r in histories[0][:length]], mean, "k-", lw=2.2, label="mean")
     if majority is not None:
         axis.axhline(100 * majority, color="0.4", ls="--", lw=1, label="largest class")
+    unfrozen = next((r.epoch for r in histories[0] if r.phase == "full"), None)
+    if unfrozen is not None and histories[0][0].phase == "frozen":
+        axis.axvline(unfrozen - 0.5, color="tab:red", ls="--", lw=1, label="backbone unfrozen")
     axis.set_xlabel("epoch")
     axis.set_ylabel("validation accuracy (%)")
     axis.grid(alpha=0.3)
