@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from bench.harness import BenchResult, run_case
+from convlens.output import library_versions
 
 HERE = Path(__file__).resolve().parent
 
@@ -30,15 +31,8 @@ def machine() -> dict:
     except OSError:
         pass
     info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "python": platform.python_version()}
-    import importlib.metadata as md
-
-    for package in ("torch", "torchvision", "timm", "captum", "grad-cam", "torchcam", "convlens"):
-        try:
-            info[package] = md.version(package)
-        except md.PackageNotFoundError:
-            pass
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    info.update(library_versions(("torch", "torchvision", "timm", "captum", "grad-cam", "torchcam", "convlens")))
     return info
 
 

@@ -31,7 +31,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from convlens.errors import ConvlensError
-from convlens.hooks import preserved_state, resolve_layer
+from convlens.hooks import hand_on_copy, preserved_state, resolve_layer
 from convlens.models.classifier import ImageClassifier
 
 RULES = ("deconvnet", "guided", "gradient")
@@ -140,12 +140,7 @@ def layer_outputs(module: nn.Module, layer: str, calls: int | None = None) -> It
         record["output"] = tensor
         if calls is not None and record["calls"] >= calls:
             raise _StopForward
-        copy = tensor.clone()
-        if isinstance(output, tuple):
-            return (copy, *output[1:])
-        if isinstance(output, list):
-            return [copy, *output[1:]]
-        return copy
+        return hand_on_copy(output, tensor)
 
     handle = target.register_forward_hook(hook)
     try:

@@ -108,12 +108,17 @@ def _make_hook(name: str, result: Capture, gradients: bool, detach: bool):
         result.activations[name] = tensor.detach() if detach else tensor
         if gradients and tensor.requires_grad:
             tensor.register_hook(lambda grad: result.gradients.__setitem__(name, grad.detach()))
-        # Hand on a copy: in-place ops downstream then modify the copy, never what we captured.
-        copy = tensor.clone()
-        if isinstance(output, tuple):
-            return (copy, *output[1:])
-        if isinstance(output, list):
-            return [copy, *output[1:]]
-        return copy
+        return hand_on_copy(output, tensor)
 
     return hook
+
+
+def hand_on_copy(output, tensor: torch.Tensor):
+    """``output`` with ``tensor`` (its first element) replaced by a clone, for a forward hook to return:
+    in-place ops downstream then modify the copy, never the tensor a hook keeps."""
+    copy = tensor.clone()
+    if isinstance(output, tuple):
+        return (copy, *output[1:])
+    if isinstance(output, list):
+        return [copy, *output[1:]]
+    return copy

@@ -21,12 +21,15 @@ import torch
 
 from convlens.errors import ConvlensError
 
+RECORDED_PACKAGES = ("convlens", "torch", "torchvision", "timm", "numpy", "pillow", "matplotlib")
 
-def library_versions() -> dict[str, str]:
+
+def library_versions(packages: tuple[str, ...] = RECORDED_PACKAGES) -> dict[str, str]:
+    """The Python version and the installed versions of ``packages`` (those not installed are left out)."""
     import importlib.metadata as metadata
 
     versions = {"python": platform.python_version()}
-    for package in ("convlens", "torch", "torchvision", "timm", "numpy", "pillow", "matplotlib"):
+    for package in packages:
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
