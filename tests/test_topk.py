@@ -110,6 +110,64 @@ def test_batched_projections_match_single_image_projection(planted_folder):
         assert outside.abs().max() == 0  # the field holds the whole projection
 
 
+def _small_model(name: str) -> tuple[ImageClassifier, str]:
+    """Random-init models at 64 px covering what the field cut must handle (model, layer)."""
+    import timm
+    import torchvision
+
+    from convlens.models import Preprocessing
+
+    torch.manual_seed(0)
+    preprocessing = Preprocessing(crop=(64, 64), resize=None, squash=True)
+    if name == "baseline":
+        return ImageClassifier(BaselineCNN(3, 32).eval(), baseline_preprocessing(32), ["a", "b", "c"]), "relu3"
+    if name == "resnet18":  # skip connections, padded stride-2 stem and max-pool
+        return ImageClassifier(torchvision.models.resnet18(num_classes=3).eval(), preprocessing, list("abc")), \
+            "layer1"
+    # tf_efficientnet_lite0: TensorFlow "same" padding, computed from the input size; efficientnet_b0:
+    # squeeze-excitation, every activation depends on the whole image
+    module = timm.create_model(name, pretrained=False, num_classes=3).eval()
+    return ImageClassifier(module, preprocessing, list("abc")), "blocks.1"
+
+
+@pytest.mark.parametrize("name, cut_everywhere", [("baseline", True), ("resnet18", True),
+                                                  ("tf_efficientnet_lite0", True), ("efficientnet_b0", False)])
+def test_projections_cut_to_the_field_equal_whole_image_projections(name, cut_everywhere, sample_photos,
+                                                                    planted_folder, monkeypatch):
+    import convlens.topk as topk_module
+
+    model, layer = _small_model(name)
+    folder = planted_folder if name == "baseline" else sample_photos
+    top = top_activations(model, folder, layer, units="0:6", k=3, batch_size=4)
+    whole = top_examples(model, top, rule="guided", crop_to_field=False)
+    cut_jobs, missed_jobs = [], []
+    project_cut = topk_module._project_cut
+
+    def counting(model, inputs, jobs, *args):
+        missed = project_cut(model, inputs, jobs, *args)
+        cut_jobs.extend(jobs)
+        missed_jobs.extend(missed)
+        return missed
+
+    monkeypatch.setattr(topk_module, "_project_cut", counting)
+    cut = top_examples(model, top, rule="guided")
+    scale = np.abs(whole.projections).max()
+    assert scale > 0
+    np.testing.assert_allclose(cut.projections, whole.projections, rtol=1e-4, atol=1e-5 * scale)
+    if cut_everywhere:  # every projection ran on a cut, none fell back (TF "same" padding included)
+        assert len(cut_jobs) == len(top.entries()) and not missed_jobs
+    else:  # squeeze-excitation: the activation sees the whole image, never cut
+        assert cut.field.global_context and not cut_jobs
+
+
+def test_scan_keeps_the_inputs_of_the_table_only(planted_folder, cross_detector):
+    top = top_activations(cross_detector, planted_folder, "conv1", units=[0], k=9, batch_size=4)
+    assert sorted(top.inputs) == sorted(PLANTED)
+    for index, kept in top.inputs.items():
+        torch.testing.assert_close(kept, cross_detector.preprocessing.to_tensor(
+            Image.open(top.paths[index]).convert("RGB")))
+
+
 def test_parse_units():
     assert parse_units("0:4", 10) == [0, 1, 2, 3]
     assert parse_units("0:64:20", 50) == [0, 20, 40]

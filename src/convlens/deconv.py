@@ -184,6 +184,14 @@ def project_activations(model: ImageClassifier | nn.Module, inputs: torch.Tensor
     float32 on the CPU. Images in a batch do not interact (eval mode), so each is its own projection.
     ``layer_calls`` (from ``probe_layer``) lets the forward pass stop at the layer.
     """
+    return project_and_measure(model, inputs, layer, units, positions, rule, layer_calls)[0]
+
+
+def project_and_measure(model: ImageClassifier | nn.Module, inputs: torch.Tensor, layer: str,
+                        units: Sequence[int], positions: Sequence[tuple[int, int] | None] | None = None,
+                        rule: str = "deconvnet", layer_calls: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``project_activations`` and, per image, the sum of the activations it fed down (float32, CPU): the
+    value of the single activation when a position is given, for checking that it is the one expected."""
     check_rule(rule)
     positions = list(positions) if positions is not None else [None] * len(units)
     if len(units) != len(inputs) or len(positions) != len(inputs):
@@ -197,12 +205,13 @@ def project_activations(model: ImageClassifier | nn.Module, inputs: torch.Tensor
               torch.enable_grad()):
             output = run_forward(net, x, record, layer)
         seed = _seed(output, units, positions, layer)
+        fed = seed.flatten(1).sum(dim=1).detach().float().cpu()
         if not output.requires_grad:
-            return torch.zeros(inputs.shape, dtype=torch.float32)
+            return torch.zeros(inputs.shape, dtype=torch.float32), fed
         (grad,) = torch.autograd.grad(output, x, seed, allow_unused=True)
     if grad is None:
-        return torch.zeros(inputs.shape, dtype=torch.float32)
-    return grad.detach().float().cpu()
+        return torch.zeros(inputs.shape, dtype=torch.float32), fed
+    return grad.detach().float().cpu(), fed
 
 
 def _seed(output: torch.Tensor, units: Sequence[int], positions, layer: str) -> torch.Tensor:

@@ -52,6 +52,9 @@ class ReceptiveField:
     output_size: tuple[int, int]
     rows: dict[int, tuple[int, int]] = field(default_factory=dict)
     cols: dict[int, tuple[int, int]] = field(default_factory=dict)
+    # the layer also sees the whole image through global pooling on the way (squeeze-excitation gates), which
+    # the field leaves out
+    global_context: bool = False
 
     def box(self, row: int, col: int) -> tuple[int, int, int, int]:
         """``(top, left, bottom, right)`` in input pixels (bottom/right exclusive) of output position (row, col)."""
@@ -71,7 +74,7 @@ class ReceptiveField:
 
     def to_dict(self) -> dict:
         return {"layer": self.layer, "input_size": list(self.input_size), "output_size": list(self.output_size),
-                "size": list(self.size), "stride": list(self.stride)}
+                "size": list(self.size), "stride": list(self.stride), "global_context": self.global_context}
 
 
 def receptive_field(model: ImageClassifier | nn.Module, layer: str, input_size: tuple[int, int] | None = None,
@@ -95,10 +98,11 @@ def receptive_field(model: ImageClassifier | nn.Module, layer: str, input_size: 
     out_h, out_w = shape[2], shape[3]
     wanted_rows = _wanted(rows, out_h, "row")
     wanted_cols = _wanted(cols, out_w, "column")
+    mode = _TracingMode()
     with preserved_state(module) as net:
-        row_spans = _trace_axis(net, layer, calls, 2, wanted_rows, (height, width), out_h, chunk)
-        col_spans = _trace_axis(net, layer, calls, 3, wanted_cols, (height, width), out_w, chunk)
-    return ReceptiveField(layer, (height, width), (out_h, out_w), row_spans, col_spans)
+        row_spans = _trace_axis(net, mode, layer, calls, 2, wanted_rows, (height, width), out_h, chunk)
+        col_spans = _trace_axis(net, mode, layer, calls, 3, wanted_cols, (height, width), out_w, chunk)
+    return ReceptiveField(layer, (height, width), (out_h, out_w), row_spans, col_spans, mode.global_context)
 
 
 def _wanted(indices: Iterable[int] | None, length: int, what: str) -> list[int]:
@@ -160,7 +164,11 @@ _REDUCTIONS = {torch.mean, torch.Tensor.mean, torch.sum, torch.Tensor.sum, torch
 
 class _TracingMode(TorchFunctionMode):
     """Max-pools become average pools over the same window, elementwise activations the identity, global
-    spatial reductions are detached."""
+    spatial reductions are detached (and noted in ``global_context``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.global_context = False
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -175,10 +183,12 @@ class _TracingMode(TorchFunctionMode):
         result = func(*args, **kwargs)
         if func in (F.adaptive_avg_pool2d, F.adaptive_max_pool2d):
             if isinstance(result, torch.Tensor) and result.shape[-2:].numel() == 1:
+                self.global_context = True
                 return result.detach()
         elif func in _REDUCTIONS and args and isinstance(args[0], torch.Tensor) and args[0].dim() == 4:
             dims = args[1] if len(args) > 1 else kwargs.get("dim")
             if _covers_spatial(dims, 4) and isinstance(result, torch.Tensor):
+                self.global_context = True
                 return result.detach()
         return result
 
@@ -193,7 +203,7 @@ def _as_average_pool(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mo
     return F.avg_pool2d(x, kernel_size, stride, padding, ceil_mode=ceil_mode, count_include_pad=False)
 
 
-def _trace_axis(net: nn.Module, layer: str, calls: int, axis: int, indices: list[int],
+def _trace_axis(net: nn.Module, mode: _TracingMode, layer: str, calls: int, axis: int, indices: list[int],
                 input_size: tuple[int, int], out_len: int, chunk: int) -> dict[int, tuple[int, int]]:
     """Spans along ``axis`` (2 rows, 3 columns) for output ``indices``; the other axis is a narrow strip."""
     full_other = input_size[1] if axis == 2 else input_size[0]
@@ -201,7 +211,7 @@ def _trace_axis(net: nn.Module, layer: str, calls: int, axis: int, indices: list
     narrow = min(full_other, max(8, stride))
     while True:
         try:
-            return _trace_strip(net, layer, calls, axis, indices, input_size, narrow, out_len, chunk)
+            return _trace_strip(net, mode, layer, calls, axis, indices, input_size, narrow, out_len, chunk)
         except (RuntimeError, ValueError, AssertionError, _StripTooNarrow):
             if narrow >= full_other:
                 raise
@@ -217,16 +227,16 @@ class _StripTooNarrow(Exception):
 _FLOAT32_SAFE = 1e-30
 
 
-def _trace_strip(net, layer, calls, axis, indices, input_size, narrow, out_len, chunk):
+def _trace_strip(net, mode, layer, calls, axis, indices, input_size, narrow, out_len, chunk):
     shape = (3, input_size[0], narrow) if axis == 2 else (3, narrow, input_size[1])
     stand_ins = {dtype: _stand_in_parameters(net, dtype) for dtype in (torch.float32, torch.float64)}
     spans: dict[int, tuple[int, int]] = {}
     for start in range(0, len(indices), chunk):
         batch = indices[start:start + chunk]
-        grad = _strip_gradient(net, stand_ins[torch.float32], layer, calls, axis, batch, shape, out_len)
+        grad = _strip_gradient(net, mode, stand_ins[torch.float32], layer, calls, axis, batch, shape, out_len)
         positive = grad[grad > 0]
         if positive.numel() and float(positive.min()) < _FLOAT32_SAFE * float(positive.max()):
-            grad = _strip_gradient(net, stand_ins[torch.float64], layer, calls, axis, batch, shape, out_len)
+            grad = _strip_gradient(net, mode, stand_ins[torch.float64], layer, calls, axis, batch, shape, out_len)
         reach = grad.sum(dim=(1, 5 - axis)) > 0  # samples x length along the axis
         for sample, index in enumerate(batch):
             hits = torch.nonzero(reach[sample]).flatten()
@@ -236,14 +246,14 @@ def _trace_strip(net, layer, calls, axis, indices, input_size, narrow, out_len, 
     return spans
 
 
-def _strip_gradient(net, stand_ins, layer, calls, axis, batch, shape, out_len) -> torch.Tensor:
+def _strip_gradient(net, mode, stand_ins, layer, calls, axis, batch, shape, out_len) -> torch.Tensor:
     """|d (sum of output row/col ``batch[s]``) / d input| for each sample ``s`` of a strip of ones."""
     from torch.func import functional_call
 
     device = next(iter(stand_ins.values()), torch.empty(0)).device
     dtype = next(iter(stand_ins.values()), torch.empty(0, dtype=torch.float64)).dtype
     x = torch.ones(len(batch), *shape, dtype=dtype, device=device, requires_grad=True)
-    with layer_outputs(net, layer, calls=calls) as record, _TracingMode(), torch.inference_mode(False), \
+    with layer_outputs(net, layer, calls=calls) as record, mode, torch.inference_mode(False), \
             torch.enable_grad():
         try:
             functional_call(net, stand_ins, (x,))

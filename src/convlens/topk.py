@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from convlens.data.images import list_images, load_image
-from convlens.deconv import check_rule, layer_outputs, project_activations, run_forward
+from convlens.deconv import check_rule, layer_outputs, project_and_measure, run_forward
 from convlens.errors import ConvlensError
 from convlens.hooks import preserved_state
 from convlens.models.classifier import ImageClassifier, as_module
@@ -101,6 +101,9 @@ class TopActivations:
     map_size: tuple[int, int]
     layer_calls: int
     channels: int  # of the layer
+    # preprocessed inputs (CPU) of the images in the table, kept by the scan so that ``top_examples`` need not
+    # decode them again; empty when they would not fit in ``KEPT_INPUT_BYTES``
+    inputs: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def entries(self) -> list[tuple[int, int, int, tuple[int, int], float]]:
         """``(unit index, rank, image index, position, value)`` for every filled slot."""
@@ -112,6 +115,28 @@ class TopActivations:
                     position = (int(self.positions[u, r, 0]), int(self.positions[u, r, 1]))
                     found.append((u, r, image, position, float(self.values[u, r])))
         return found
+
+
+# The scan keeps the preprocessed inputs of the images its table refers to when all the table could refer to
+# (units x k images) fits in this many bytes; otherwise ``top_examples`` decodes them again.
+KEPT_INPUT_BYTES = 256 * 2**20
+
+
+class _KeptInputs:
+    """The inputs of the images in the running table, nothing else (memory stays bounded by units x k)."""
+
+    def __init__(self, slots: int, example: torch.Tensor) -> None:
+        self.enabled = slots * example.numel() * example.element_size() <= KEPT_INPUT_BYTES
+        self.inputs: dict[int, torch.Tensor] = {}
+
+    def update(self, table_images: torch.Tensor, batch: torch.Tensor, indices: torch.Tensor) -> None:
+        if not self.enabled:
+            return
+        wanted = set(torch.unique(table_images).tolist())
+        self.inputs = {i: x for i, x in self.inputs.items() if i in wanted}
+        for row, index in enumerate(indices.tolist()):
+            if index in wanted:
+                self.inputs[index] = batch[row].clone()  # a clone: a view would keep the whole batch alive
 
 
 class _RunningTop:
@@ -162,14 +187,16 @@ def top_activations(model: ImageClassifier, images: str | Path | Sequence[str | 
                 chosen = parse_units(units, channels)
                 map_size = (output.shape[2], output.shape[3])
                 running = _RunningTop(len(chosen), k)
+                kept = _KeptInputs(len(chosen) * k, inputs[0])
                 unit_index = torch.tensor(chosen, device=device)
             maps = output.index_select(1, unit_index).flatten(2)
             values, flat = maps.max(dim=2)
             running.merge(values.float().cpu(), indices, flat.cpu())
+            kept.update(running.images, inputs, indices)
     rows, cols = running.flat_positions // map_size[1], running.flat_positions % map_size[1]
     images_taken = torch.where(torch.isfinite(running.values), running.images, torch.full_like(running.images, -1))
     return TopActivations(layer, chosen, k, paths, running.values, images_taken, torch.stack([rows, cols], dim=2),
-                          map_size, int(calls), channels)
+                          map_size, int(calls), channels, kept.inputs)
 
 
 def _image_paths(images: str | Path | Sequence[str | Path]) -> list[Path]:
@@ -219,25 +246,25 @@ class TopExamples:
 
 
 def top_examples(model: ImageClassifier, top: TopActivations, rule: str = "deconvnet", batch_size: int = 16,
-                 progress: bool = False) -> TopExamples:
-    """Patches and cropped projections for every slot of ``top`` (projections batched, ``batch_size`` at once)."""
+                 progress: bool = False, crop_to_field: bool = True) -> TopExamples:
+    """Patches and cropped projections for every slot of ``top`` (projections batched, ``batch_size`` at once).
+
+    ``crop_to_field``: project each activation from the image cut down to its receptive field, which is
+    cheaper and gives the same projection (see ``_project_entries``); False projects from whole images.
+    """
     check_rule(rule)
     entries = top.entries()
     used = sorted({image for _, _, image, _, _ in entries})
-    inputs = torch.stack([model.preprocessing.to_tensor(load_image(top.paths[i])) for i in used]) if used else \
+    inputs = torch.stack([_input_of(model, top, i) for i in used]) if used else \
         torch.zeros(0, 3, *model.input_size)
     row_of = {image: n for n, image in enumerate(used)}
-    projections = torch.zeros(len(entries), *inputs.shape[1:])
-    chunks = range(0, len(entries), batch_size)
-    for start in _tracked(chunks, len(chunks), "projecting", progress):
-        batch = entries[start:start + batch_size]
-        projections[start:start + len(batch)] = project_activations(
-            model, inputs[[row_of[image] for _, _, image, _, _ in batch]], top.layer,
-            [top.units[u] for u, _, _, _, _ in batch], [position for _, _, _, position, _ in batch], rule,
-            layer_calls=top.layer_calls)
     rf = receptive_field(model, top.layer, model.input_size, rows={p[0] for _, _, _, p, _ in entries},
                          cols={p[1] for _, _, _, p, _ in entries},
                          probe=(top.layer_calls, (1, top.channels, *top.map_size)))
+    jobs = [_Projection(n, row_of[image], top.units[u], position, value)
+            for n, (u, _, image, position, value) in enumerate(entries)]
+    projections = _project_entries(model, inputs, jobs, top, rule, rf if crop_to_field else None, batch_size,
+                                   progress)
     height, width = rf.size
     count, k = len(top.units), top.k
     boxes = np.full((count, k, 4), -1, dtype=np.int64)
@@ -251,6 +278,119 @@ def top_examples(model: ImageClassifier, top: TopActivations, rule: str = "decon
         crops[u, r] = pad_crop(projections[n].numpy()[:, box[0]:box[2], box[1]:box[3]], box, rf,
                                channels_last=False, fill=0.0)
     return TopExamples(top, rule, rf, boxes, patches, crops, inputs, used)
+
+
+def _input_of(model: ImageClassifier, top: TopActivations, image: int) -> torch.Tensor:
+    kept = top.inputs.get(image)
+    return kept if kept is not None else model.preprocessing.to_tensor(load_image(top.paths[image]))
+
+
+@dataclass(frozen=True)
+class _Projection:
+    """One single-activation projection to compute: slot ``slot`` of the entries, from image row ``row``."""
+
+    slot: int
+    row: int
+    unit: int
+    position: tuple[int, int]
+    value: float  # the activation the scan found there
+
+
+def _project_entries(model: ImageClassifier, inputs: torch.Tensor, jobs: list[_Projection], top: TopActivations,
+                     rule: str, rf: ReceptiveField | None, batch_size: int, progress: bool) -> torch.Tensor:
+    """Full-size projections of every job's single activation.
+
+    Nothing outside an activation's receptive field reaches it, so its forward pass and its projection can run
+    on the image cut down to the field: the cut starts on a multiple of the layer's stride, so every layer
+    sees the same grid, and the layer's own zero padding only touches positions outside the field. Layers that
+    also see the whole image (squeeze-excitation gates on the way) get whole images. The activation in the cut
+    image is checked against the value the scan found; where they differ (padding the cut differently from the
+    whole image, say), the whole image is used instead.
+    """
+    height, width = inputs.shape[-2:]
+    projections = torch.zeros(len(jobs), *inputs.shape[1:])
+    cut = rf is not None and not rf.global_context
+    windows = _field_windows(jobs, rf, top.map_size, (height, width)) if cut else {}
+    groups: dict[tuple[int, int], list[_Projection]] = {}
+    for job in jobs:
+        window = windows.get(job.slot)
+        shape = (window[2] - window[0], window[3] - window[1]) if window else (height, width)
+        groups.setdefault(shape, []).append(job)
+    chunks = [(shape, members[start:start + batch_size]) for shape, members in groups.items()
+              for start in range(0, len(members), batch_size)]
+    whole: list[_Projection] = []
+    for shape, chunk in _tracked(chunks, len(chunks), "projecting", progress):
+        if shape == (height, width):
+            whole += chunk
+            continue
+        whole += _project_cut(model, inputs, chunk, [windows[job.slot] for job in chunk], top, rule, projections)
+    for start in range(0, len(whole), batch_size):
+        chunk = whole[start:start + batch_size]
+        projections[[job.slot for job in chunk]] = project_and_measure(
+            model, inputs[[job.row for job in chunk]], top.layer, [job.unit for job in chunk],
+            [job.position for job in chunk], rule, layer_calls=top.layer_calls)[0]
+    return projections
+
+
+def _field_windows(jobs: list[_Projection], rf: ReceptiveField, map_size: tuple[int, int],
+                   input_size: tuple[int, int]) -> dict[int, tuple[int, int, int, int]]:
+    """Per job, ``(top, left, bottom, right)`` of a cut holding its field and starting on the stride grid; all
+    cuts as large as the largest (moved back inside at the image border) so that they share one shape. Empty
+    when the layer's stride is not a whole number of pixels."""
+    strides = [size // out if size % out == 0 else 0 for size, out in zip(input_size, map_size, strict=True)]
+    if not all(strides):
+        return {}
+    starts, extents = {}, [0, 0]
+    for job in jobs:
+        box = rf.box(*job.position)
+        start = (box[0] - box[0] % strides[0], box[1] - box[1] % strides[1])
+        starts[job.slot] = start
+        extents = [max(extents[0], box[2] - start[0]), max(extents[1], box[3] - start[1])]
+    # Rounded up so that image size - cut size is a multiple of the stride: layers whose padding depends on the
+    # input size (TensorFlow "same") then pad the cut as they pad the whole image.
+    extents = [size - stride * ((size - extent) // stride)
+               for size, extent, stride in zip(input_size, extents, strides, strict=True)]
+    windows = {}
+    for slot, start in starts.items():
+        spans = [_span(start[axis], extents[axis], input_size[axis], strides[axis]) for axis in (0, 1)]
+        windows[slot] = (spans[0][0], spans[1][0], spans[0][1], spans[1][1])
+    return windows
+
+
+def _span(start: int, extent: int, size: int, stride: int) -> tuple[int, int]:
+    """``[start, start + extent)`` within ``[0, size)``: past the far border, moved back onto the border (a
+    multiple of ``stride`` away, so still on the grid)."""
+    if start + extent <= size:
+        return start, start + extent
+    if extent <= size and (size - extent) % stride == 0:
+        return size - extent, size
+    return start, size
+
+
+def _project_cut(model: ImageClassifier, inputs: torch.Tensor, jobs: list[_Projection],
+                 windows: list[tuple[int, int, int, int]], top: TopActivations, rule: str,
+                 projections: torch.Tensor) -> list[_Projection]:
+    """Project ``jobs`` from their cut images into ``projections``; returns the jobs whose cut did not
+    reproduce the scanned activation (to be projected from the whole image)."""
+    strides = [size // out for size, out in zip(inputs.shape[-2:], top.map_size, strict=True)]
+    cuts = torch.stack([inputs[job.row, :, t:b, left:r] for job, (t, left, b, r) in zip(jobs, windows, strict=True)])
+    positions = [(job.position[0] - t // strides[0], job.position[1] - left // strides[1])
+                 for job, (t, left, _, _) in zip(jobs, windows, strict=True)]
+    try:
+        cut_projections, fed = project_and_measure(model, cuts, top.layer, [job.unit for job in jobs], positions,
+                                                   rule, layer_calls=top.layer_calls)
+    except (RuntimeError, ValueError, IndexError, ConvlensError):  # the cut is too small for some layer
+        return list(jobs)
+    expected = torch.tensor([job.value for job in jobs], dtype=torch.float32)
+    scale = float(expected.abs().max()) if len(expected) else 0.0
+    same = torch.isclose(fed, expected, rtol=1e-4, atol=1e-5 * scale + 1e-12)
+    missed = []
+    for n, (job, (t, left, b, r)) in enumerate(zip(jobs, windows, strict=True)):
+        if same[n]:
+            projections[job.slot, :, t:b, left:r] = cut_projections[n]
+        else:
+            missed.append(job)
+    return missed
 
 
 def pad_crop(crop: np.ndarray, box: tuple[int, int, int, int], rf: ReceptiveField, channels_last: bool,
