@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repetitions", type=int, default=None)
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md as it is")
     args = parser.parse_args(argv)
-    repetitions = args.repetitions or (3 if args.quick else 7)
+    repetitions = args.repetitions or (3 if args.quick else 5)
     torch.manual_seed(0)
     results: list[BenchResult] = []
     failures: list[str] = []
@@ -84,20 +84,22 @@ def write_results(results: list[BenchResult], failures: list[str], info: dict, q
         "# Benchmark results",
         "",
         f"Written by `python -m bench{' --quick' if quick else ''}` in {total:.0f} s. Each case checks that convlens "
-        "and the peer agree on the output, warms both up, then times them alternately; medians in milliseconds. "
+        "and the peer agree on the output (that first call also warms both up and gives the peak memory), then "
+        "times them alternately n times; medians in milliseconds. "
         "Ratio = convlens / peer (below 1: convlens is faster). Peak memory: resident memory above the start "
         "of the call (CPU) or peak CUDA allocation.",
         "",
         "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items() if v is not None),
         "",
-        "| case | peer | convlens ms | peer ms | ratio | target | met | convlens MB | peer MB | note |",
-        "|---|---|---:|---:|---:|---:|---|---:|---:|---|",
+        "| case | peer | convlens ms | peer ms | ratio | target | met | n | convlens MB | peer MB | note |",
+        "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---|",
     ]
     for r in results:
         target = f"<= {r.max_ratio:.2f}" if r.max_ratio is not None else ""
         met = "" if r.met is None else ("yes" if r.met else "**no**")
         lines.append(f"| {r.name} | {r.peer_name} | {r.convlens_seconds * 1e3:.1f} | {r.peer_seconds * 1e3:.1f} | "
-                     f"{r.ratio:.3f} | {target} | {met} | {r.convlens_peak_mb:.0f} | {r.peer_peak_mb:.0f} | {r.note} |")
+                     f"{r.ratio:.3f} | {target} | {met} | {r.repetitions} |"
+                     f" {r.convlens_peak_mb:.0f} | {r.peer_peak_mb:.0f} | {r.note} |")
     if failures:
         lines += ["", "## Cases that failed to run", ""] + [f"- {f}" for f in failures]
     (HERE / "RESULTS.md").write_text("\n".join(lines) + "\n")

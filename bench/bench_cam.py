@@ -9,10 +9,16 @@ pytorch-grad-cam's ScoreCAM at equal output.
   equal once scaled (all the all-zero channels a trained network has after its activation, ~half here) share
   one forward pass; the rest is larger batches across images.
 - Score-CAM on a random-init resnet18 (dense layer, nothing to share): no target, shown for honesty.
+- The family against its peers at equal output (final maps at input size, 0..1, equal to 1e-3): pytorch-grad-cam
+  GradCAM, GradCAMPlusPlus, EigenCAM, AblationCAM; torchcam CAM and ScoreCAM. No targets were set for these.
+  torchcam's ScoreCAM masks the input with the raw activations, not the min-max normalised ones of the paper
+  (and of pytorch-grad-cam and convlens): the same work, one forward pass per channel, but maps that differ by
+  a few percent, so that case checks a correlation > 0.99 instead of equality.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from pathlib import Path
 
@@ -21,7 +27,8 @@ import torch
 import torchvision
 
 from bench.harness import BenchCase
-from convlens.cam import GradCAM, ScoreCAM
+from convlens.cam import CAM, AblationCAM, EigenCAM, GradCAM, GradCAMPlusPlus, ScoreCAM
+from convlens.cam.base import min_max_per_image
 
 PHOTO = Path(__file__).resolve().parents[2] / "shared" / "data" / "photos" / "golden_retriever.jpeg"
 
@@ -41,7 +48,7 @@ def _gradcam_case(quick: bool) -> BenchCase:
         model.zero_grad(set_to_none=True)
 
     return BenchCase(f"gradcam resnet50 224 b{batch}", lambda: extractor(inputs, targets), floor,
-                     "floor: forward+backward", max_ratio=1.15,
+                     "floor: forward+backward", max_ratio=1.15, repetitions=None if quick else 3,
                      note="random-init resnet50, layer4; floor = model(x) + target-logit backward()")
 
 
@@ -65,6 +72,7 @@ def _peer_scorecam(module, layer, inputs, targets):
     from pytorch_grad_cam import ScoreCAM as PeerScoreCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+    module = copy.deepcopy(module)  # the peer's hooks stay on its own copy
     peer = PeerScoreCAM(module, [module.get_submodule(layer)])
     wanted = [ClassifierOutputTarget(t) for t in targets]
 
@@ -89,7 +97,7 @@ def _scorecam_default_case(quick: bool) -> BenchCase:
     extractor = ScoreCAM(model, layer, batch_size=32)
     return BenchCase(f"scorecam efficientnet_lite0 {size} bn2 1 photo", lambda: extractor(inputs, targets),
                      _peer_scorecam(model.module, layer, inputs, targets), "pytorch-grad-cam ScoreCAM",
-                     check=_same_maps, max_ratio=0.5,
+                     check=_same_maps, max_ratio=0.5, repetitions=None if quick else 3,
                      note="real ImageNet weights; 1280 channels, equal masks share one pass")
 
 
@@ -106,5 +114,119 @@ def _scorecam_dense_case(quick: bool) -> BenchCase:
                      note="random init: dense layer, almost no masks to share (no target)")
 
 
+PG_PEERS = {GradCAM: "GradCAM", GradCAMPlusPlus: "GradCAMPlusPlus", EigenCAM: "EigenCAM",
+            AblationCAM: "AblationCAM", ScoreCAM: "ScoreCAM"}
+
+
+def _random_model(name: str, size: int, batch: int):
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)().eval()
+    inputs = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(4))
+    targets = [int(t) for t in torch.randint(0, 1000, (batch,), generator=torch.Generator().manual_seed(5))]
+    return model, inputs, targets
+
+
+def _leaf_batch(batch: int):
+    import convlens
+    from convlens.data import list_images
+    from convlens.models import BaselineCNN, baseline_preprocessing
+
+    leaf = Path(__file__).resolve().parents[2] / "shared" / "data" / "leaf" / "validation"
+    torch.manual_seed(0)
+    model = BaselineCNN(3, 128).eval()
+    paths = list_images(leaf)[:batch] if leaf.is_dir() else []
+    images = [convlens.load_image(path) for path in paths] or [_skimage_coffee()] * batch
+    return model, baseline_preprocessing(128).batch(images), [0, 1, 2] * (batch // 3) + [0] * (batch % 3)
+
+
+def _equal_maps(ours, theirs) -> None:
+    difference = float(np.abs(ours.maps.numpy() - theirs).max())
+    if difference > 1e-3:
+        raise AssertionError(f"maps differ from the peer's by {difference:.2e}")
+
+
+def _pg_case(method, label: str, model, inputs, targets, layer: str, note: str) -> BenchCase:
+    """convlens ``method`` against pytorch-grad-cam's class of the same name, final maps at input size."""
+    import pytorch_grad_cam
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    extractor = method(model, layer, batch_size=32)
+    # pytorch-grad-cam hooks the model as long as the object lives: it gets its own copy, so that its hooks do
+    # not run (and cost) during convlens's calls
+    model = copy.deepcopy(model)
+    peer = getattr(pytorch_grad_cam, PG_PEERS[method])(model, [model.get_submodule(layer)])
+    if hasattr(peer, "batch_size"):
+        peer.batch_size = 32
+    wanted = [ClassifierOutputTarget(t) for t in targets]
+    return BenchCase(f"{method.name} {label} {layer} b{len(inputs)}", lambda: extractor(inputs, targets),
+                     lambda: peer(inputs, wanted), f"pytorch-grad-cam {PG_PEERS[method]}", check=_equal_maps,
+                     note=note)
+
+
+def _torchcam_case(method, label: str, model, inputs, targets, layer: str, note: str) -> BenchCase:
+    """convlens CAM or ScoreCAM against torchcam's: one hooked forward pass, then the maps."""
+    import torchcam.methods
+
+    if method is CAM:
+        extractor = CAM(model, layer, input_size=tuple(inputs.shape[-2:]))
+    else:
+        extractor = method(model, layer, batch_size=32)
+    model = copy.deepcopy(model)  # torchcam hooks the model as long as the object lives: its own copy
+    if method is CAM:
+        peer = torchcam.methods.CAM(model, layer, "fc")
+    else:
+        peer = torchcam.methods.ScoreCAM(model, layer, batch_size=32)
+
+    def theirs():
+        with torch.inference_mode():
+            model(inputs)
+        return peer(targets)[0]
+
+    def check(ours, maps):
+        ours_raw = min_max_per_image(ours.cam_raw)
+        if method is CAM:
+            difference = float((ours_raw - maps).abs().max())
+            if difference > 1e-3:
+                raise AssertionError(f"CAM maps differ from torchcam's by {difference:.2e}")
+            return
+        correlation = float(torch.corrcoef(torch.stack([ours_raw.flatten(), maps.flatten()]))[0, 1])
+        if correlation < 0.99:
+            raise AssertionError(f"Score-CAM maps correlate with torchcam's at {correlation:.3f} only")
+
+    return BenchCase(f"{method.name} {label} {layer} b{len(inputs)}", lambda: extractor(inputs, targets), theirs,
+                     f"torchcam {method.__name__}", check=check, note=note)
+
+
+def _peer_cases(quick: bool) -> list[BenchCase]:
+    random = "random init"
+    resnet50 = _random_model("resnet50", 224, 1)
+    cases = [_pg_case(GradCAM, "resnet50 224", *resnet50, "layer4", random),
+             _pg_case(GradCAMPlusPlus, "resnet50 224", *resnet50, "layer4", random)]
+    if not quick:
+        cases.append(_pg_case(GradCAM, "resnet50 224", *_random_model("resnet50", 224, 16), "layer4", random))
+        cases[-1].repetitions = 3
+        cases.append(_pg_case(GradCAM, "vgg16 224", *_random_model("vgg16", 224, 1), "features.29", random))
+    cases.append(_pg_case(EigenCAM, "vgg16 224", *_random_model("vgg16", 224, 1), "features.29", random))
+    import convlens
+
+    default = convlens.load_model(device="cpu")
+    photo_inputs = _default_model_photo(224)[1]
+    with torch.inference_mode():
+        photo_targets = default.module(photo_inputs).argmax(1).tolist()
+    cases.append(_pg_case(GradCAM, "efficientnet_lite0 224", default.module, photo_inputs, photo_targets, "blocks.6",
+                          "real ImageNet weights, real photo, the default layer"))
+    leaf_model, leaf_inputs, leaf_targets = _leaf_batch(16)
+    cases.append(_pg_case(GradCAM, "baseline 128", leaf_model, leaf_inputs, leaf_targets, "relu3",
+                          "random init, leaf validation images"))
+    ablation = ("resnet18", 64, "layer3") if quick else ("resnet18", 112, "layer4")
+    cases.append(_pg_case(AblationCAM, f"{ablation[0]} {ablation[1]}", *_random_model(*ablation[:2], 1), ablation[2],
+                          "random init; one whole-model pass per channel on both sides"))
+    cam_batch = 4 if quick else 16
+    cases.append(_torchcam_case(CAM, "resnet50 224", *_random_model("resnet50", 224, cam_batch), "layer4", random))
+    cases.append(_torchcam_case(ScoreCAM, "resnet18 112", *_random_model("resnet18", 112, 1), "layer3",
+                                "random init; torchcam masks with raw activations (correlation check)"))
+    return cases
+
+
 def cases(quick: bool) -> list[BenchCase]:
-    return [_gradcam_case(quick), _scorecam_default_case(quick), _scorecam_dense_case(quick)]
+    return [_gradcam_case(quick), _scorecam_default_case(quick), _scorecam_dense_case(quick)] + _peer_cases(quick)

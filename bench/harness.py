@@ -22,6 +22,7 @@ class BenchCase:
     check: Callable[[Any, Any], None] | None = None
     max_ratio: float | None = None  # the target: convlens median / peer median <= max_ratio
     note: str = ""
+    repetitions: int | None = None  # fewer for cases that take minutes per call (None: the runner's number)
 
 
 @dataclass
@@ -92,34 +93,37 @@ def _timed(function: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - start, result
 
 
-def run_case(case: BenchCase, repetitions: int = 5, warmup: int = 1) -> BenchResult:
-    """Agreement first (never compare speeds of different work), then warm-up and alternating timings."""
-    ours, theirs = case.convlens(), case.peer()
+def run_case(case: BenchCase, repetitions: int = 5) -> BenchResult:
+    """Agreement first (never compare speeds of different work), then alternating timings.
+
+    The agreement call is each side's first: it also warms them up (lazy initialisation, allocator, caches) and
+    is where peak memory is measured.
+    """
+    memory = {}
+    gc.collect()
+    with PeakMemory() as peak:
+        ours = case.convlens()
+    memory["convlens"] = peak.megabytes
+    gc.collect()
+    with PeakMemory() as peak:
+        theirs = case.peer()
+    memory["peer"] = peak.megabytes
     agreement = "not checked"
     if case.check is not None:
         case.check(ours, theirs)
         agreement = "agree"
     del ours, theirs
-    for _ in range(warmup):
-        case.convlens()
-        case.peer()
     convlens_times, peer_times = [], []
-    for repetition in range(repetitions):
+    for repetition in range(case.repetitions or repetitions):
         order = [(case.convlens, convlens_times), (case.peer, peer_times)]
         if repetition % 2:  # alternate who goes first: neither side always gets the warmer cache
             order.reverse()
         for function, times in order:
             gc.collect()
             times.append(_timed(function)[0])
-    memory = {}
-    for label, function in (("convlens", case.convlens), ("peer", case.peer)):
-        gc.collect()
-        with PeakMemory() as peak:
-            function()
-        memory[label] = peak.megabytes
     ours_median, peer_median = statistics.median(convlens_times), statistics.median(peer_times)
     ratio = ours_median / peer_median
     met = None if case.max_ratio is None else ratio <= case.max_ratio
     return BenchResult(case.name, case.peer_name, ours_median, peer_median, ratio, case.max_ratio, met,
-                       memory["convlens"], memory["peer"], repetitions, agreement, case.note,
+                       memory["convlens"], memory["peer"], len(convlens_times), agreement, case.note,
                        {"convlens": convlens_times, "peer": peer_times})

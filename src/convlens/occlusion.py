@@ -32,6 +32,7 @@ from torch import fx, nn
 from convlens.errors import ConvlensError
 from convlens.hooks import capture, preserved_state, resolve_layer
 from convlens.models.classifier import ImageClassifier, as_module
+from convlens.models.loading import preferred_memory_format
 from convlens.targets import ClassTarget, resolve_targets
 
 FILLS = ("mean", "zero", "blur")
@@ -283,7 +284,7 @@ class _BatchedEngine:
     def __init__(self, net: nn.Module, inputs: torch.Tensor, layer: str, windows: _Windows) -> None:
         self.net, self.inputs, self.layer, self.windows = net, inputs, layer, windows
         self.device = inputs.device
-        self.format = _preferred_format(self.device)
+        self.format = preferred_memory_format(self.device)
         with capture(net, layer) as captured:
             try:
                 self.clean_logits, self._per_sample_bytes = _forward_measured(
@@ -301,11 +302,6 @@ class _BatchedEngine:
         with capture(self.net, self.layer) as captured:
             logits = _logits(self.net(batch))
         return logits, _channel_totals(captured[self.layer][:, channel:channel + 1])[:, 0]
-
-
-def _preferred_format(device: torch.device) -> torch.memory_format:
-    """Channels-last on the CPU, where oneDNN runs convolutions and pooling markedly faster in it."""
-    return torch.channels_last if device.type == "cpu" else torch.contiguous_format
 
 
 def _logits(output) -> torch.Tensor:
@@ -629,7 +625,7 @@ class _IncrementalEngine:
     def _clean_pass_in_some_format(self) -> dict[fx.Node, object]:
         """The clean pass in the preferred memory format, else contiguous (a model may ``view`` a conv output);
         a graph that fails both ways leaves the model to the batched engine (which reports any real error)."""
-        for memory_format in dict.fromkeys((_preferred_format(self.device), torch.contiguous_format)):
+        for memory_format in dict.fromkeys((preferred_memory_format(self.device), torch.contiguous_format)):
             self.format = memory_format
             try:
                 return self._clean_pass()

@@ -17,6 +17,7 @@ from convlens.cam.base import BaseCAM, LayerData, _Hooks, _replace_output, targe
 from convlens.errors import ConvlensError
 from convlens.hooks import preserved_state
 from convlens.models.classifier import ImageClassifier
+from convlens.models.loading import preferred_memory_format
 from convlens.targets import ClassTarget
 
 # Additive constants of pytorch-grad-cam and torchcam, kept so that the numbers match theirs.
@@ -168,7 +169,8 @@ class ScoreCAM(BaseCAM):
             flat = maps.flatten(1)
             low, high = flat.amin(1, keepdim=True), flat.amax(1, keepdim=True)
             masks = ((flat - low) / (high - low + SCORECAM_MASK_EPS)).view_as(maps)
-            output = data.module(data.inputs[images] * masks.to(data.inputs.dtype))
+            masked = data.inputs[images] * masks.to(data.inputs.dtype)
+            output = data.module(masked.contiguous(memory_format=preferred_memory_format(device)))
             scores.append(target_scores(data.targets, output, images.tolist()).float())
         return torch.cat(scores)
 
@@ -217,7 +219,8 @@ class AblationCAM(BaseCAM):
                 batch = data.activations[images].clone()
                 batch[torch.arange(len(images), device=device), picked] = 0
                 state["batch"] = batch
-                output = data.module(data.inputs[images])
+                copies = data.inputs[images].contiguous(memory_format=preferred_memory_format(device))
+                output = data.module(copies)
                 scores.append(target_scores(data.targets, output, images.tolist()).float())
         return torch.cat(scores)
 
