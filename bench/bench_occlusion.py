@@ -6,7 +6,8 @@ Random-init resnet50 and vgg16 at 224 px (their heads rescaled so that probabili
 once each on the model at stride 16); convlens gets the same batch size. Both must agree first: Captum's
 attribution (the mean drop of the target probability over the windows covering each pixel) is convlens's
 ``attribution`` map. On 2 CPU cores one Captum call takes about 1 min (resnet50, stride 16) to 6 min (vgg16,
-stride 8), so the full mode times each case once after the agreement call (which warms both up), and the quick
+stride 8), so the full mode times stride-8 cases once and stride-16 cases three times after the agreement call
+(which warms both up), and the quick
 mode runs both models at stride 32 (49 positions), batch 32 without the search, twice.
 
 convlens also computes the top class and a feature map's activation per position. Its gain: the early layers
@@ -126,7 +127,8 @@ def _case(name: str, stride: int, quick: bool) -> BenchCase:
     positions = ((SIZE - WINDOW) // stride + 1) ** 2
     setup.case = BenchCase(f"occlusion {name} 224 w{WINDOW} s{stride}", setup.ours, setup.theirs,
                            "captum Occlusion", check=_agree, max_ratio=1.0,
-                           note=f"random-init {name}, {positions} positions", repetitions=2 if quick else 1)
+                           note=f"random-init {name}, {positions} positions",
+                           repetitions=2 if quick else (1 if stride < 16 else 3))
     return setup.case
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from convlens.errors import ConvlensError, nearest_names
 from convlens.models.classifier import ImageClassifier, as_module
@@ -29,34 +30,53 @@ def resolve_layer(model: ImageClassifier | nn.Module, name: str) -> nn.Module:
     raise ConvlensError(f"unknown layer {name!r}; nearest: {close} (`convlens layers MODEL` lists all)")
 
 
-def _hook_dicts(module: nn.Module) -> dict[str, dict]:
-    return {k: v for k, v in vars(module).items() if k.startswith("_") and "hooks" in k and isinstance(v, dict)}
+# Every hook dictionary a module has (``_forward_hooks``, ``_forward_pre_hooks``, ``_backward_hooks``...), read
+# once from a fresh module rather than searched for in each module's attributes on every call.
+_HOOK_DICTS = tuple(k for k, v in vars(nn.Module()).items() if k.startswith("_") and "hooks" in k
+                    and isinstance(v, dict))
+
+
+def _hook_dicts(module: nn.Module) -> list[dict]:
+    attributes = vars(module)
+    return [attributes[k] for k in _HOOK_DICTS if k in attributes]
 
 
 @contextmanager
 def preserved_state(model: ImageClassifier | nn.Module, eval_mode: bool = True) -> Iterator[nn.Module]:
-    """Yield the module (in eval mode unless ``eval_mode=False``); restore its state on exit, also on error."""
+    """Yield the module (in eval mode unless ``eval_mode=False``); restore its state on exit, also on error.
+
+    Hooks registered inside and still present at exit are removed: hook dictionaries are keyed by the ids of
+    their ``RemovableHandle``, which count up globally, so the new ones are those from the id at entry on.
+    Cheap enough to wrap every call: the restore writes only what changed.
+    """
     module = as_module(model)
     submodules = list(module.modules())
-    parameters = list(module.parameters())
+    # read from the modules already listed (``module.parameters()`` would walk the tree again); a shared
+    # parameter may appear twice, which restores it twice to the same state
+    parameters = [p for m in submodules for p in m._parameters.values() if p is not None]
     training = [m.training for m in submodules]
     requires_grad = [p.requires_grad for p in parameters]
     # Cloned: a backward pass inside would accumulate into the existing .grad tensors in place.
     grads = [None if p.grad is None else p.grad.detach().clone() for p in parameters]
-    hook_keys = [{name: list(d.keys()) for name, d in _hook_dicts(m).items()} for m in submodules]
+    first_new_hook = RemovableHandle.next_id
     try:
-        if eval_mode:
+        if eval_mode and any(training):
             module.eval()
         yield module
     finally:
-        for m, was_training, keys in zip(submodules, training, hook_keys, strict=True):
-            m.training = was_training
-            for name, d in _hook_dicts(m).items():
-                for key in [k for k in d if k not in keys.get(name, ())]:
-                    del d[key]
+        for m, was_training in zip(submodules, training, strict=True):
+            if m.training != was_training:
+                m.training = was_training
+        if RemovableHandle.next_id != first_new_hook:
+            for m in submodules:
+                for hooks in _hook_dicts(m):
+                    for key in [k for k in hooks if k >= first_new_hook]:
+                        del hooks[key]
         for p, flag, grad in zip(parameters, requires_grad, grads, strict=True):
-            p.requires_grad_(flag)
-            p.grad = grad
+            if p.requires_grad != flag:
+                p.requires_grad_(flag)
+            if grad is not None or p.grad is not None:
+                p.grad = grad
 
 
 @dataclass

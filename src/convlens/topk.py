@@ -316,8 +316,11 @@ def _project_entries(model: ImageClassifier, inputs: torch.Tensor, jobs: list[_P
         window = windows.get(job.slot)
         shape = (window[2] - window[0], window[3] - window[1]) if window else (height, width)
         groups.setdefault(shape, []).append(job)
-    chunks = [(shape, members[start:start + batch_size]) for shape, members in groups.items()
-              for start in range(0, len(members), batch_size)]
+    chunks = []
+    for shape, members in groups.items():
+        # batch_size counts whole images: cuts of a quarter of the area go four times as many at once
+        per_batch = max(1, batch_size * height * width // (shape[0] * shape[1]))
+        chunks += [(shape, members[start:start + per_batch]) for start in range(0, len(members), per_batch)]
     whole: list[_Projection] = []
     for shape, chunk in _tracked(chunks, len(chunks), "projecting", progress):
         if shape == (height, width):
