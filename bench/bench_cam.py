@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torchvision
 
-from bench.harness import BenchCase
+from bench.harness import DEVICE, BenchCase
 from convlens.cam import CAM, AblationCAM, EigenCAM, GradCAM, GradCAMPlusPlus, ScoreCAM
 from convlens.cam.base import min_max_per_image
 
@@ -35,12 +35,12 @@ PHOTO = Path(__file__).resolve().parents[2] / "shared" / "data" / "photos" / "go
 
 def _gradcam_case(quick: bool) -> BenchCase:
     torch.manual_seed(0)
-    model = torchvision.models.resnet50().eval()
+    model = torchvision.models.resnet50().eval().to(DEVICE)
     batch = 4 if quick else 16
-    inputs = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    inputs = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(1)).to(DEVICE)
     targets = [int(t) for t in torch.randint(0, 1000, (batch,), generator=torch.Generator().manual_seed(2))]
     extractor = GradCAM(model, "layer4")
-    index = torch.tensor(targets)[:, None]
+    index = torch.tensor(targets, device=DEVICE)[:, None]
 
     def floor() -> None:
         model.zero_grad(set_to_none=True)
@@ -55,10 +55,10 @@ def _gradcam_case(quick: bool) -> BenchCase:
 def _default_model_photo(size: int):
     import convlens
 
-    model = convlens.load_model(device="cpu")
+    model = convlens.load_model(device=str(DEVICE))
     preprocessing = dataclasses.replace(model.preprocessing, crop=(size, size), resize=round(size * 256 / 224))
     image = convlens.load_image(PHOTO) if PHOTO.is_file() else _skimage_coffee()
-    return model, preprocessing.batch([image])
+    return model, preprocessing.batch([image]).to(DEVICE)
 
 
 def _skimage_coffee():
@@ -103,9 +103,9 @@ def _scorecam_default_case(quick: bool) -> BenchCase:
 
 def _scorecam_dense_case(quick: bool) -> BenchCase:
     torch.manual_seed(0)
-    model = torchvision.models.resnet18().eval()
+    model = torchvision.models.resnet18().eval().to(DEVICE)
     size, layer, images = (64, "layer3", 1) if quick else (112, "layer4", 2)
-    inputs = torch.randn(images, 3, size, size, generator=torch.Generator().manual_seed(3))
+    inputs = torch.randn(images, 3, size, size, generator=torch.Generator().manual_seed(3)).to(DEVICE)
     targets = list(range(images))
     extractor = ScoreCAM(model, layer, batch_size=32)
     return BenchCase(f"scorecam resnet18 {size} {layer} {images} img", lambda: extractor(inputs, targets),
@@ -120,8 +120,8 @@ PG_PEERS = {GradCAM: "GradCAM", GradCAMPlusPlus: "GradCAMPlusPlus", EigenCAM: "E
 
 def _random_model(name: str, size: int, batch: int):
     torch.manual_seed(0)
-    model = getattr(torchvision.models, name)().eval()
-    inputs = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(4))
+    model = getattr(torchvision.models, name)().eval().to(DEVICE)
+    inputs = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(4)).to(DEVICE)
     targets = [int(t) for t in torch.randint(0, 1000, (batch,), generator=torch.Generator().manual_seed(5))]
     return model, inputs, targets
 
@@ -133,10 +133,11 @@ def _leaf_batch(batch: int):
 
     leaf = Path(__file__).resolve().parents[2] / "shared" / "data" / "leaf" / "validation"
     torch.manual_seed(0)
-    model = BaselineCNN(3, 128).eval()
+    model = BaselineCNN(3, 128).eval().to(DEVICE)
     paths = list_images(leaf)[:batch] if leaf.is_dir() else []
     images = [convlens.load_image(path) for path in paths] or [_skimage_coffee()] * batch
-    return model, baseline_preprocessing(128).batch(images), [0, 1, 2] * (batch // 3) + [0] * (batch % 3)
+    inputs = baseline_preprocessing(128).batch(images).to(DEVICE)
+    return model, inputs, [0, 1, 2] * (batch // 3) + [0] * (batch % 3)
 
 
 def _equal_maps(ours, theirs) -> None:
@@ -183,7 +184,7 @@ def _torchcam_case(method, label: str, model, inputs, targets, layer: str, note:
         return peer(targets)[0]
 
     def check(ours, maps):
-        ours_raw = min_max_per_image(ours.cam_raw)
+        ours_raw, maps = min_max_per_image(ours.cam_raw), maps.cpu()
         if method is CAM:
             difference = float((ours_raw - maps).abs().max())
             if difference > 1e-3:
@@ -207,10 +208,8 @@ def _peer_cases(quick: bool) -> list[BenchCase]:
         cases[-1].repetitions = 3
         cases.append(_pg_case(GradCAM, "vgg16 224", *_random_model("vgg16", 224, 1), "features.29", random))
     cases.append(_pg_case(EigenCAM, "vgg16 224", *_random_model("vgg16", 224, 1), "features.29", random))
-    import convlens
 
-    default = convlens.load_model(device="cpu")
-    photo_inputs = _default_model_photo(224)[1]
+    default, photo_inputs = _default_model_photo(224)
     with torch.inference_mode():
         photo_targets = default.module(photo_inputs).argmax(1).tolist()
     cases.append(_pg_case(GradCAM, "efficientnet_lite0 224", default.module, photo_inputs, photo_targets, "blocks.6",

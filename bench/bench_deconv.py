@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torchvision
 
-from bench.harness import BenchCase
+from bench.harness import DEVICE, BenchCase
 from convlens.deconv import project_and_measure
 
 LEAF = Path(__file__).resolve().parents[2] / "shared" / "data" / "leaf"
@@ -24,8 +24,8 @@ CAPTUM = {"deconvnet": "NeuronDeconvolution", "guided": "NeuronGuidedBackprop", 
 
 def _vgg16(batch: int):
     torch.manual_seed(0)
-    model = torchvision.models.vgg16().eval()
-    inputs = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    model = torchvision.models.vgg16().eval().to(DEVICE)
+    inputs = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(1)).to(DEVICE)
     return model, inputs, "features.29"
 
 
@@ -35,7 +35,7 @@ def _baseline_leaf(batch: int):
     from convlens.models import BaselineCNN, baseline_preprocessing
 
     torch.manual_seed(0)
-    model = BaselineCNN(3, 128).eval()
+    model = BaselineCNN(3, 128).eval().to(DEVICE)
     preprocessing = baseline_preprocessing(128)
     if LEAF.is_dir():
         images = [convlens.load_image(path) for path in list_images(LEAF / "validation")[:batch]]
@@ -44,7 +44,7 @@ def _baseline_leaf(batch: int):
         from PIL import Image
 
         images = [Image.fromarray(skimage.data.coffee())] * batch
-    return model, preprocessing.batch(images), "relu3"
+    return model, preprocessing.batch(images).to(DEVICE), "relu3"
 
 
 def _strongest_neuron(model, inputs: torch.Tensor, layer: str) -> tuple[int, tuple[int, int]]:
@@ -72,7 +72,7 @@ def _case(label: str, model, inputs, layer: str, rule: str, note: str) -> BenchC
 
     def check(result, attribution):
         projections, fed = result
-        expected = attribution * fed.view(-1, 1, 1, 1)
+        expected = attribution.cpu() * fed.view(-1, 1, 1, 1)
         scale = float(expected.abs().max())
         if scale == 0 or not torch.allclose(projections, expected, rtol=1e-3, atol=1e-4 * scale):
             raise AssertionError(f"{rule} projection differs from Captum {CAPTUM[rule]} x activation")

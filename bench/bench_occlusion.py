@@ -2,13 +2,13 @@
 
 Random-init resnet50 and vgg16 at 224 px (their heads rescaled so that probabilities move when occluded), a
 32 px window at stride 8 and 16, fill 0 (Captum's baseline 0 = convlens ``--fill mean``). Captum runs
-``softmax(model(x))`` with ``perturbations_per_eval`` set to the fastest of 8, 16, 32, 64 on this machine (timed
+``softmax(model(x))`` with ``perturbations_per_eval`` set to the fastest of 16, 32, 64 on this machine (timed
 once each on the model at stride 16); convlens gets the same batch size. Both must agree first: Captum's
 attribution (the mean drop of the target probability over the windows covering each pixel) is convlens's
-``attribution`` map. On 2 CPU cores one Captum call takes about 1 min (resnet50, stride 16) to 6 min (vgg16,
+``attribution`` map. On 2 CPU cores one Captum call takes about 20 s (resnet50, stride 16) to 3 min (vgg16,
 stride 8), so the full mode times stride-8 cases once and stride-16 cases three times after the agreement call
-(which warms both up), and the quick
-mode runs both models at stride 32 (49 positions), batch 32 without the search, twice.
+(which warms both up); the quick mode runs both models at stride 32 (49 positions), batch 32 without the
+search, twice.
 
 convlens also computes the top class and a feature map's activation per position. Its gain: the early layers
 are recomputed only on the region that each window can change (exact, see ``convlens.occlusion``), and the CPU
@@ -22,7 +22,7 @@ import time
 import torch
 import torchvision
 
-from bench.harness import BenchCase
+from bench.harness import DEVICE, BenchCase
 from convlens.occlusion import occlusion
 
 SIZE = 224
@@ -34,9 +34,9 @@ _BEST_BATCH: dict[str, int] = {}
 
 def _model(name: str) -> torch.nn.Module:
     torch.manual_seed(0)
-    model = getattr(torchvision.models, name)().eval()
+    model = getattr(torchvision.models, name)().eval().to(DEVICE)
     head = model.fc if name.startswith("resnet") else model.classifier[-1]
-    inputs = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    inputs = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1)).to(DEVICE)
     with torch.no_grad():  # spread the random logits (std ~3): the probabilities then react to the occluder
         head.bias.zero_()
         head.weight.mul_(3.0 / float(model(inputs).std()))
@@ -74,7 +74,7 @@ def _fastest_captum_batch(name: str, model, inputs, target: int) -> int:
 
 
 def _agree(ours, theirs) -> None:
-    theirs = theirs[0].mean(dim=0)  # Captum repeats the map over the three channels
+    theirs = theirs[0].mean(dim=0).cpu()  # Captum repeats the map over the three channels
     scale = float(theirs.abs().max())
     difference = float((ours.attribution - theirs).abs().max())
     if scale < 1e-3 or difference > 1e-5:
@@ -94,7 +94,7 @@ class _Setup:
         if self.ready:
             return
         self.model = _model(self.name)
-        self.inputs = torch.randn(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(2))
+        self.inputs = torch.randn(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(2)).to(DEVICE)
         with torch.no_grad():
             self.target = int(self.model(self.inputs).argmax())
         if self.quick:

@@ -13,6 +13,18 @@ from typing import Any
 import torch
 
 
+def bench_device() -> torch.device:
+    """Where every case runs: ``CONVLENS_BENCH_DEVICE`` when set (``cpu``, ``cuda``, ``cuda:1``), else the GPU
+    when there is one, else the CPU. Both sides of a case run on it; checks compare on the CPU."""
+    import os
+
+    return torch.device(os.environ.get("CONVLENS_BENCH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+DEVICE = bench_device()
+ON_GPU = DEVICE.type == "cuda"
+
+
 @dataclass
 class BenchCase:
     name: str
@@ -58,9 +70,9 @@ class PeakMemory:
             return 0
 
     def __enter__(self) -> PeakMemory:
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-            self._cuda_start = torch.cuda.memory_allocated()
+        if ON_GPU:
+            torch.cuda.reset_peak_memory_stats(DEVICE)
+            self._cuda_start = torch.cuda.memory_allocated(DEVICE)
         self._start = self._rss()
         self.peak = 0
         self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -75,8 +87,8 @@ class PeakMemory:
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, self._rss() - self._start)
-        if torch.cuda.is_available():
-            self.peak = torch.cuda.max_memory_allocated() - self._cuda_start
+        if ON_GPU:
+            self.peak = torch.cuda.max_memory_allocated(DEVICE) - self._cuda_start
 
     @property
     def megabytes(self) -> float:
@@ -84,13 +96,17 @@ class PeakMemory:
 
 
 def _timed(function: Callable[[], Any]) -> tuple[float, Any]:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+    if ON_GPU:
+        torch.cuda.synchronize(DEVICE)
     start = time.perf_counter()
     result = function()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+    if ON_GPU:
+        torch.cuda.synchronize(DEVICE)
     return time.perf_counter() - start, result
+
+
+SHORT_CALL_SECONDS = 1.0
+SHORT_CALL_REPETITIONS = 9
 
 
 def run_case(case: BenchCase, repetitions: int = 5) -> BenchResult:
@@ -102,17 +118,19 @@ def run_case(case: BenchCase, repetitions: int = 5) -> BenchResult:
     memory = {}
     gc.collect()
     with PeakMemory() as peak:
-        ours = case.convlens()
+        first_ours, ours = _timed(case.convlens)
     memory["convlens"] = peak.megabytes
     gc.collect()
     with PeakMemory() as peak:
-        theirs = case.peer()
+        first_peer, theirs = _timed(case.peer)
     memory["peer"] = peak.megabytes
     agreement = "not checked"
     if case.check is not None:
         case.check(ours, theirs)
         agreement = "agree"
     del ours, theirs
+    if case.repetitions is None and max(first_ours, first_peer) < SHORT_CALL_SECONDS:
+        repetitions = max(repetitions, SHORT_CALL_REPETITIONS)  # noise weighs more on short calls; they are cheap
     convlens_times, peer_times = [], []
     for repetition in range(case.repetitions or repetitions):
         order = [(case.convlens, convlens_times), (case.peer, peer_times)]
