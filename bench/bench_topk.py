@@ -17,8 +17,9 @@ from bench.harness import DEVICE, BenchCase
 
 LEAF = Path(__file__).resolve().parents[2] / "shared" / "data" / "leaf"
 # Each call takes ~2.3 s, decoding dominates it and varies by up to 20 % from pass to pass on a shared 2-core
-# machine: 15 alternating repetitions keep the medians within a few percent.
-REPETITIONS = 15
+# machine: 15 alternating repetitions keep the medians within a few percent (9 in quick mode, to stay within
+# its 10 minutes).
+REPETITIONS = {False: 15, True: 9}
 
 
 def cases(quick: bool) -> list[BenchCase]:
@@ -61,8 +62,8 @@ def cases(quick: bool) -> list[BenchCase]:
     return [
         BenchCase(f"topk scan baseline 32 relu3 {len(paths)} images", scan, floor, floor_name, check=check,
                   max_ratio=1 / 0.9, note=f"{where}, batch {batch_size}, 16 units x top-9, streaming",
-                  repetitions=REPETITIONS),
+                  repetitions=REPETITIONS[quick]),
         BenchCase(f"topk whole command baseline 32 relu3 {len(paths)} images", command, floor, floor_name,
-                  check=check, max_ratio=1 / 0.9, repetitions=REPETITIONS,
+                  check=check, max_ratio=1 / 0.9, repetitions=REPETITIONS[quick],
                   note="scan + receptive field + patches + 144 single-activation projections (cut to the field)"),
     ]
