@@ -20,17 +20,15 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import torch
 import torchvision
 
 from bench.harness import DEVICE, BenchCase
+from bench.inputs import PHOTO, baseline_on_leaf, random_torchvision, skimage_coffee
 from convlens.cam import CAM, AblationCAM, EigenCAM, GradCAM, GradCAMPlusPlus, ScoreCAM
 from convlens.cam.base import min_max_per_image
-
-PHOTO = Path(__file__).resolve().parents[2] / "shared" / "data" / "photos" / "golden_retriever.jpeg"
 
 
 def _gradcam_case(quick: bool) -> BenchCase:
@@ -57,15 +55,8 @@ def _default_model_photo(size: int):
 
     model = convlens.load_model(device=str(DEVICE))
     preprocessing = dataclasses.replace(model.preprocessing, crop=(size, size), resize=round(size * 256 / 224))
-    image = convlens.load_image(PHOTO) if PHOTO.is_file() else _skimage_coffee()
+    image = convlens.load_image(PHOTO) if PHOTO.is_file() else skimage_coffee()
     return model, preprocessing.batch([image]).to(DEVICE)
-
-
-def _skimage_coffee():
-    import skimage.data
-    from PIL import Image
-
-    return Image.fromarray(skimage.data.coffee())
 
 
 def _peer_scorecam(module, layer, inputs, targets):
@@ -119,24 +110,13 @@ PG_PEERS = {GradCAM: "GradCAM", GradCAMPlusPlus: "GradCAMPlusPlus", EigenCAM: "E
 
 
 def _random_model(name: str, size: int, batch: int):
-    torch.manual_seed(0)
-    model = getattr(torchvision.models, name)().eval().to(DEVICE)
-    inputs = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(4)).to(DEVICE)
+    model, inputs = random_torchvision(name, size, batch, input_seed=4)
     targets = [int(t) for t in torch.randint(0, 1000, (batch,), generator=torch.Generator().manual_seed(5))]
     return model, inputs, targets
 
 
 def _leaf_batch(batch: int):
-    import convlens
-    from convlens.data import list_images
-    from convlens.models import BaselineCNN, baseline_preprocessing
-
-    leaf = Path(__file__).resolve().parents[2] / "shared" / "data" / "leaf" / "validation"
-    torch.manual_seed(0)
-    model = BaselineCNN(3, 128).eval().to(DEVICE)
-    paths = list_images(leaf)[:batch] if leaf.is_dir() else []
-    images = [convlens.load_image(path) for path in paths] or [_skimage_coffee()] * batch
-    inputs = baseline_preprocessing(128).batch(images).to(DEVICE)
+    model, inputs = baseline_on_leaf(batch)
     return model, inputs, [0, 1, 2] * (batch // 3) + [0] * (batch % 3)
 
 

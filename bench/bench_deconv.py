@@ -10,41 +10,21 @@ is the first image's strongest. No ratio target was set for these; the numbers s
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
-import torchvision
 
-from bench.harness import DEVICE, BenchCase
+from bench.harness import BenchCase
+from bench.inputs import LEAF, baseline_on_leaf, random_torchvision
 from convlens.deconv import project_and_measure
 
-LEAF = Path(__file__).resolve().parents[2] / "shared" / "data" / "leaf"
 CAPTUM = {"deconvnet": "NeuronDeconvolution", "guided": "NeuronGuidedBackprop", "gradient": "NeuronGradient"}
 
 
 def _vgg16(batch: int):
-    torch.manual_seed(0)
-    model = torchvision.models.vgg16().eval().to(DEVICE)
-    inputs = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(1)).to(DEVICE)
-    return model, inputs, "features.29"
+    return *random_torchvision("vgg16", 224, batch, input_seed=1), "features.29"
 
 
 def _baseline_leaf(batch: int):
-    import convlens
-    from convlens.data import list_images
-    from convlens.models import BaselineCNN, baseline_preprocessing
-
-    torch.manual_seed(0)
-    model = BaselineCNN(3, 128).eval().to(DEVICE)
-    preprocessing = baseline_preprocessing(128)
-    if LEAF.is_dir():
-        images = [convlens.load_image(path) for path in list_images(LEAF / "validation")[:batch]]
-    else:
-        import skimage.data
-        from PIL import Image
-
-        images = [Image.fromarray(skimage.data.coffee())] * batch
-    return model, preprocessing.batch(images).to(DEVICE), "relu3"
+    return *baseline_on_leaf(batch), "relu3"
 
 
 def _strongest_neuron(model, inputs: torch.Tensor, layer: str) -> tuple[int, tuple[int, int]]:

@@ -9,13 +9,11 @@ single-activation projections, each from the image cut down to its field). Both 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from bench.harness import DEVICE, BenchCase
+from bench.inputs import LEAF
 
-LEAF = Path(__file__).resolve().parents[2] / "shared" / "data" / "leaf"
 # Each call takes ~2.3 s, decoding dominates it and varies by up to 20 % from pass to pass on a shared 2-core
 # machine: 15 alternating repetitions keep the medians within a few percent (9 in quick mode, to stay within
 # its 10 minutes).
