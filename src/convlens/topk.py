@@ -340,8 +340,8 @@ def _field_windows(jobs: list[_Projection], rf: ReceptiveField, map_size: tuple[
     """Per job, ``(top, left, bottom, right)`` of a cut holding its field and starting on the stride grid; all
     cuts as large as the largest (moved back inside at the image border) so that they share one shape. Empty
     when the layer's stride is not a whole number of pixels."""
-    strides = [size // out if size % out == 0 else 0 for size, out in zip(input_size, map_size, strict=True)]
-    if not all(strides):
+    strides = _whole_strides(input_size, map_size)
+    if strides is None:
         return {}
     starts, extents = {}, [0, 0]
     for job in jobs:
@@ -360,6 +360,13 @@ def _field_windows(jobs: list[_Projection], rf: ReceptiveField, map_size: tuple[
     return windows
 
 
+def _whole_strides(input_size: tuple[int, int], map_size: tuple[int, int]) -> tuple[int, int] | None:
+    """Input pixels per position of the layer's map, along rows and columns; None unless both are whole."""
+    if any(size % out for size, out in zip(input_size, map_size, strict=True)):
+        return None
+    return input_size[0] // map_size[0], input_size[1] // map_size[1]
+
+
 def _span(start: int, extent: int, size: int, stride: int) -> tuple[int, int]:
     """``[start, start + extent)`` within ``[0, size)``: past the far border, moved back onto the border (a
     multiple of ``stride`` away, so still on the grid)."""
@@ -375,7 +382,7 @@ def _project_cut(model: ImageClassifier, inputs: torch.Tensor, jobs: list[_Proje
                  projections: torch.Tensor) -> list[_Projection]:
     """Project ``jobs`` from their cut images into ``projections``; returns the jobs whose cut did not
     reproduce the scanned activation (to be projected from the whole image)."""
-    strides = [size // out for size, out in zip(inputs.shape[-2:], top.map_size, strict=True)]
+    strides = _whole_strides(tuple(inputs.shape[-2:]), top.map_size)
     cuts = torch.stack([inputs[job.row, :, t:b, left:r] for job, (t, left, b, r) in zip(jobs, windows, strict=True)])
     positions = [(job.position[0] - t // strides[0], job.position[1] - left // strides[1])
                  for job, (t, left, _, _) in zip(jobs, windows, strict=True)]
