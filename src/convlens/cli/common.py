@@ -30,6 +30,7 @@ DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
 OutOpt = Annotated[Path, typer.Option("--out", help="Output folder (replaced atomically).")]
 ImagesArg = Annotated[list[Path], typer.Argument(metavar="IMAGE...", help="Image files or folders of images.")]
 LayerOpt = Annotated[list[str] | None, typer.Option("--layer", help="Layer name (module path); repeatable.")]
+WorkersOpt = Annotated[int, typer.Option("--workers", help="Image-decoding worker processes (0: in process).")]
 
 
 def open_model(spec: str = DEFAULT_SPEC, weights: str | None = None, device: str = "auto") -> ImageClassifier:

@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from convlens.cli.app import app
-from convlens.cli.common import console, done, track
+from convlens.cli.common import DeviceOpt, WorkersOpt, console, done, track
 from convlens.errors import ConvlensError
 
 data_app = typer.Typer(help="Inspect image folders before training.", no_args_is_help=True)
@@ -84,7 +84,7 @@ def train_command(
     weight_decay: Annotated[float, typer.Option("--weight-decay")] = 0.0,
     seed: Annotated[int, typer.Option("--seed", help="Seeds the split, the new weights, shuffling, augmentation."
                                       )] = 0,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    device: DeviceOpt = "auto",
     val_split: Annotated[float, typer.Option("--val-split", help="Validation share when DATA_DIR has no split "
                                              "of its own.")] = 0.2,
     augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Random shear 0.1, zoom 0.1, "
@@ -104,7 +104,7 @@ def train_command(
                                            "in one fold) over all images; runs go to OUT/fold_N.")] = None,
     split: Annotated[Path | None, typer.Option("--split", help="Reuse a split.json (or the run folder holding "
                                                "it).")] = None,
-    workers: Annotated[int, typer.Option("--workers", help="DataLoader worker processes.")] = 0,
+    workers: WorkersOpt = 0,
     near_distance: Annotated[int, typer.Option("--near-distance", help="Near-duplicate threshold in bits (of "
                                                "64, pHash and dHash).")] = 12,
 ) -> None:

@@ -8,14 +8,13 @@ from typing import Annotated
 import typer
 
 from convlens.cli.app import app
-from convlens.cli.common import DeviceOpt, ModelArg, OutOpt, WeightsOpt, done, open_model
+from convlens.cli.common import DeviceOpt, ModelArg, OutOpt, WeightsOpt, WorkersOpt, done, open_model
 from convlens.errors import ConvlensError
 
 OneLayerOpt = Annotated[str, typer.Option("--layer", help="Layer name (module path, see `convlens layers`).")]
 RuleOpt = Annotated[str, typer.Option("--rule", help="How ReLUs pass the signal down: deconvnet (Zeiler & "
                                                      "Fergus), guided (guided backprop) or gradient (saliency).")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", help="Images per batch.")]
-WorkersOpt = Annotated[int, typer.Option("--workers", help="Image-decoding worker processes (0: in process).")]
 
 
 @app.command("deconv")
