@@ -1,14 +1,20 @@
-"""Hooks in context managers: capture activations (and gradients) of chosen layers, restore the model after.
+"""The one hook API of convlens: every method registers its hooks through this module.
 
-``preserved_state(model)`` snapshots what a method could disturb (``training`` flags, ``requires_grad``,
-parameters' ``.grad``, every hook dictionary) and puts it back in ``finally``. ``capture(model, layers)``
-registers forward hooks inside it. A hooked layer's output is handed on as a clone, so an in-place op after it
+- ``preserved_state(model)`` snapshots what a method could disturb (``training`` flags, ``requires_grad``,
+  parameters' ``.grad``, every hook dictionary) and puts it back in ``finally``.
+- ``capture(model, layers)`` records layers' outputs (and, with ``gradients=True``, their gradients).
+- ``replace_output(model, layer, fn)`` hands ``fn(output)`` on instead of a layer's output.
+- ``forward_hooks(module, {layer: hook})`` is the low-level form the others build on: forward hooks on named
+  layers for one ``with`` block, removed in ``finally``.
+- ``module_device(model)`` and ``first_tensor(output)`` are the two small helpers every method needs.
+
+A captured output is handed on as a clone (``hand_on_copy``), so an in-place op after it
 (``nn.ReLU(inplace=True)``, ``x.relu_()``) cannot overwrite what was captured, and gradients flow back to it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -92,10 +98,6 @@ class Capture:
             raise ConvlensError(f"layer {layer!r} did not run in the forward pass")
         return self.activations[layer]
 
-    def clear(self) -> None:
-        self.activations.clear()
-        self.gradients.clear()
-
 
 @contextmanager
 def capture(model: ImageClassifier | nn.Module, layers: str | Iterable[str], gradients: bool = False,
@@ -107,24 +109,15 @@ def capture(model: ImageClassifier | nn.Module, layers: str | Iterable[str], gra
     A module called several times per forward (torchvision ResNet's shared ``relu``) keeps its last call.
     """
     names = [layers] if isinstance(layers, str) else list(layers)
-    targets = {name: resolve_layer(model, name) for name in names}
     result = Capture(names)
-    with preserved_state(model, eval_mode=eval_mode):
-        handles = []
-        try:
-            for name, layer in targets.items():
-                handles.append(layer.register_forward_hook(_make_hook(name, result, gradients, detach)))
+    with preserved_state(model, eval_mode=eval_mode) as module:
+        with forward_hooks(module, {name: _make_hook(name, result, gradients, detach) for name in names}):
             yield result
-        finally:
-            for handle in handles:
-                handle.remove()
 
 
 def _make_hook(name: str, result: Capture, gradients: bool, detach: bool):
     def hook(module: nn.Module, inputs, output):
-        tensor = output[0] if isinstance(output, (tuple, list)) else output
-        if not isinstance(tensor, torch.Tensor):
-            raise ConvlensError(f"layer {name!r} returns {type(output).__name__}, not a tensor; choose another layer")
+        tensor = first_tensor(output, name)
         result.activations[name] = tensor.detach() if detach else tensor
         if gradients and tensor.requires_grad:
             tensor.register_hook(lambda grad: result.gradients.__setitem__(name, grad.detach()))
@@ -136,9 +129,78 @@ def _make_hook(name: str, result: Capture, gradients: bool, detach: bool):
 def hand_on_copy(output, tensor: torch.Tensor):
     """``output`` with ``tensor`` (its first element) replaced by a clone, for a forward hook to return:
     in-place ops downstream then modify the copy, never the tensor a hook keeps."""
-    copy = tensor.clone()
+    return replace_in_output(output, tensor.clone())
+
+
+def replace_in_output(output, tensor: torch.Tensor):
+    """``output`` with its first tensor replaced by ``tensor`` (tuples and lists keep their other items)."""
     if isinstance(output, tuple):
-        return (copy, *output[1:])
+        return (tensor, *output[1:])
     if isinstance(output, list):
-        return [copy, *output[1:]]
-    return copy
+        return [tensor, *output[1:]]
+    return tensor
+
+
+def first_tensor(output, layer: str = "layer") -> torch.Tensor:
+    """The tensor a module returned: the output itself, or the first item of a tuple or list."""
+    tensor = output[0] if isinstance(output, (tuple, list)) and output else output
+    if not isinstance(tensor, torch.Tensor):
+        raise ConvlensError(f"layer {layer!r} returns {type(output).__name__}, not a tensor; choose another layer")
+    return tensor
+
+
+def module_device(model: ImageClassifier | nn.Module) -> torch.device:
+    """Where the model's parameters (or, without parameters, its buffers) live; the CPU for neither."""
+    module = as_module(model)
+    for tensor in module.parameters():
+        return tensor.device
+    for tensor in module.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+@contextmanager
+def forward_hooks(model: ImageClassifier | nn.Module, hooks: dict[str, Callable]) -> Iterator[None]:
+    """Forward hooks (``hook(module, args, output)``) on the named layers for one ``with`` block.
+
+    Removed in ``finally``. Callers that change more than hooks wrap this in ``preserved_state``.
+    """
+    module = as_module(model)
+    layers = {name: resolve_layer(module, name) for name in hooks}
+    handles: list[RemovableHandle] = []
+    try:
+        for name, hook in hooks.items():
+            handles.append(layers[name].register_forward_hook(hook))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def forward_pre_hooks(model: ImageClassifier | nn.Module, hooks: dict[str, Callable]) -> Iterator[None]:
+    """Forward pre-hooks (``hook(module, args)``) on the named layers for one ``with`` block, removed in
+    ``finally``."""
+    module = as_module(model)
+    layers = {name: resolve_layer(module, name) for name in hooks}
+    handles: list[RemovableHandle] = []
+    try:
+        for name, hook in hooks.items():
+            handles.append(layers[name].register_forward_pre_hook(hook))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def replace_output(model: ImageClassifier | nn.Module, layer: str,
+                   replacement: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+    """Within the block, ``layer`` hands on ``replacement(its output tensor)`` instead of its output
+    (ablations, masks, a layer's output swapped for a stored one)."""
+
+    def hook(module, args, output):
+        return replace_in_output(output, replacement(first_tensor(output, layer)))
+
+    with forward_hooks(model, {layer: hook}):
+        yield

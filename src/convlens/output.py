@@ -61,8 +61,9 @@ def _jsonable(value: Any) -> Any:
 class OutputDir:
     """Collects one command's results in a temporary folder; ``commit()`` moves it to ``path``."""
 
-    def __init__(self, path: str | Path, command: str) -> None:
+    def __init__(self, path: str | Path, command: str, force: bool = False) -> None:
         self.path = Path(path)
+        self.force = force
         self.summary: dict[str, Any] = {"command": command}
         self.arrays: dict[str, np.ndarray] = {}
         self.compute_seconds = 0.0
@@ -131,9 +132,9 @@ def _check_replaceable(path: Path) -> None:
 
 
 @contextmanager
-def output_dir(path: str | Path, command: str) -> Iterator[OutputDir]:
+def output_dir(path: str | Path, command: str, force: bool = False) -> Iterator[OutputDir]:
     """``with output_dir(out, "cam") as out: ...``: committed when the body succeeds, discarded if it raises."""
-    out = OutputDir(path, command)
+    out = OutputDir(path, command, force=force)
     try:
         yield out
         out.commit()

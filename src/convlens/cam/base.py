@@ -266,51 +266,6 @@ def _per_image_specs(targets, count: int):
     return targets
 
 
-def _rows(output: Any, index: int) -> Any:
-    """Image ``index`` of a (possibly nested) model output, keeping the batch dimension."""
-    if isinstance(output, torch.Tensor):
-        return output[index:index + 1]
-    if isinstance(output, (tuple, list)):
-        return type(output)(_rows(item, index) for item in output)
-    if isinstance(output, dict):
-        return {key: _rows(value, index) for key, value in output.items()}
-    return output
-
-
-def batch_size_of(output: Any) -> int:
-    if isinstance(output, torch.Tensor):
-        return output.shape[0]
-    if isinstance(output, (tuple, list)) and output:
-        return batch_size_of(output[0])
-    if isinstance(output, dict) and output:
-        return batch_size_of(next(iter(output.values())))
-    raise ConvlensError(f"cannot read a batch from a model output of type {type(output).__name__}")
-
-
-def resolve_output_targets(model, specs, output: Any) -> list[Target]:
-    """One target per image; a model whose output is not one logits tensor needs callable targets."""
-    if isinstance(output, torch.Tensor) and output.ndim == 2:
-        return resolve_targets(model, specs, output.detach())
-    count = batch_size_of(output)
-    items = specs if isinstance(specs, list) else [specs] * count
-    if not all(callable(item) and not isinstance(item, (int, str)) for item in items):
-        raise ConvlensError("the model output is not an N x classes tensor: give targets as callables on the "
-                            "output (e.g. lambda out: out[1][:, 3])")
-    return list(items)
-
-
-def target_scores(targets: Sequence[Target], output: Any, owners: Sequence[int] | None = None) -> torch.Tensor:
-    """Row ``i`` scored with ``targets[owners[i]]`` (default: ``targets[i]``), as a vector."""
-    owners = range(batch_size_of(output)) if owners is None else owners
-    values = []
-    for row, owner in enumerate(owners):
-        value = targets[owner](_rows(output, row))
-        if not isinstance(value, torch.Tensor) or value.numel() != 1:
-            raise ConvlensError("a target must return one score per image (a 1-element tensor)")
-        values.append(value.reshape(()))
-    return torch.stack(values)
-
-
 # --- forward passes with hooks -------------------------------------------------------------------------------
 def _output_tensor(output: Any, layer: str) -> torch.Tensor:
     tensor = output[0] if isinstance(output, (tuple, list)) else output

@@ -83,3 +83,34 @@ class ImageClassifier:
 
 def as_module(model: ImageClassifier | nn.Module) -> nn.Module:
     return model.module if isinstance(model, ImageClassifier) else model
+
+
+ImagesLike = torch.Tensor | str | Path | Image.Image | Sequence[str | Path | Image.Image]
+
+
+def as_batch(model: ImageClassifier | nn.Module, images: ImagesLike) -> torch.Tensor:
+    """The one way every method turns its ``images`` argument into a model input batch.
+
+    A preprocessed ``N x C x H x W`` tensor (or one ``C x H x W`` image) is used as it is; paths and PIL images
+    (one, or a list) are loaded and preprocessed by an ImageClassifier. The batch is a normal tensor (not an
+    inference tensor, so gradient methods can use it), detached, on the model's device.
+    """
+    module = as_module(model)
+    device = next(iter(module.parameters()), None)
+    device = device.device if device is not None else torch.device("cpu")
+    if not isinstance(images, torch.Tensor):
+        if isinstance(images, (list, tuple)) and images and all(isinstance(i, torch.Tensor) for i in images):
+            images = torch.stack([i[0] if i.ndim == 4 else i for i in images])
+        elif not isinstance(model, ImageClassifier):
+            raise ConvlensError("paths and PIL images need an ImageClassifier (convlens.load_model); with a bare "
+                                "nn.Module pass a preprocessed N x 3 x H x W tensor")
+        else:
+            if isinstance(images, (list, tuple)) and not images:
+                raise ConvlensError("no images given")
+            images = model.prepare(images)
+    if images.ndim == 3:
+        images = images[None]
+    if images.ndim != 4 or images.shape[0] == 0:
+        raise ConvlensError(f"images must be an N x C x H x W batch, got shape {tuple(images.shape)}")
+    with torch.inference_mode(False):
+        return images.detach().to(device).clone()
