@@ -24,7 +24,7 @@ from convlens.hooks import capture, preserved_state, resolve_layer
 from convlens.models.classifier import ImageClassifier, as_module
 
 if TYPE_CHECKING:
-    from convlens.demo import DemoContext, DemoSection
+    pass
 
 Order = Literal["index", "activation"]
 ORDERS = ("index", "activation")
@@ -256,63 +256,3 @@ def _track(items: list[str], progress: bool):
     from convlens.cli.common import track
 
     return track(items, len(items), "drawing feature maps")
-
-
-# Where `convlens train` may have left the leaf-study baseline (relative to the demo folder, its parent, or
-# the working directory); the demo's leaf part runs only when one of them holds a checkpoint.
-LEAF_RUN_NAMES = ("leaf-baseline", "runs/leaf-baseline")
-
-
-def find_leaf_baseline(demo_out: Path) -> Path | None:
-    from convlens.models.checkpoint import find_checkpoint
-
-    for base in (demo_out, demo_out.parent, Path.cwd()):
-        for name in LEAF_RUN_NAMES:
-            if find_checkpoint(base / name) is not None:
-                return base / name
-    return None
-
-
-def first_validation_image(run_dir: Path) -> Path | None:
-    """The first validation image recorded in a training run's ``split.json``, if it is still there."""
-    import json
-
-    try:
-        record = json.loads((run_dir / "split.json").read_text())
-        path = Path(record["data_dir"]) / record["validation"][0][0]
-    except (OSError, ValueError, KeyError, IndexError, TypeError):
-        return None
-    return path if path.is_file() else None
-
-
-def demo_section(context: DemoContext) -> DemoSection:
-    """First-layer filters of the demo model and feature maps of a sample photo (and of a leaf, when a
-    trained ``leaf-baseline`` run exists)."""
-    import json
-
-    from convlens.demo import DemoSection
-    from convlens.filters import conv_layer_names, run_filters
-    from convlens.models import load_model
-
-    base = context.out / "filters-featuremaps"
-    photo = next((p for p in context.photos if p.stem == "chelsea"), context.photos[0])
-    folders = [run_filters(context.model, None, base / "filters"),
-               run_featuremaps(context.model, photo, None, base / "featuremaps", max_channels=32,
-                               order="activation")]
-    text = (f"`convlens filters {context.model.spec}` draws the first convolution's RGB kernels; `convlens "
-            f"featuremaps {context.model.spec} {photo.name} --max 32 --order activation` shows the top-3 "
-            "predictions above one row of the strongest channels at the end of each stage (early rows follow "
-            "edges and outlines, late rows are coarse object parts), then the 32 strongest maps of the first "
-            "stage.")
-    run_dir = find_leaf_baseline(context.out)
-    leaf = first_validation_image(run_dir) if run_dir is not None else None
-    if run_dir is not None and leaf is not None:
-        leaf_model = load_model(run_dir, device=str(context.model.device))
-        folders += [run_filters(leaf_model, conv_layer_names(leaf_model)[:2], base / "leaf-filters"),
-                    run_featuremaps(leaf_model, leaf, None, base / "leaf-featuremaps", order="activation")]
-        text += f" The trained leaf baseline ({run_dir.name}): its filters and the feature maps of {leaf.name}."
-    figures = []
-    for folder in folders:
-        names = json.loads((folder / "summary.json").read_text())["figures"]
-        figures += [str((folder / name).relative_to(context.out)) for name in names[:2]]
-    return DemoSection("Filters and feature maps", text, figures)

@@ -15,7 +15,7 @@ map (``_layer_map``) are computed from one layer's ``LayerData``. Everything els
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -23,15 +23,19 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 
 from convlens.errors import ConvlensError
-from convlens.hooks import preserved_state, resolve_layer
-from convlens.models.classifier import ImageClassifier, as_module
-from convlens.targets import ClassTarget, Target, TargetSpec, resolve_targets
-
-ImagesLike = torch.Tensor | str | Path | Image.Image | Sequence[str | Path | Image.Image]
+from convlens.hooks import first_tensor, forward_hooks, hand_on_copy, preserved_state, resolve_layer
+from convlens.models.classifier import ImageClassifier, ImagesLike, as_batch, as_module
+from convlens.targets import (
+    ClassTarget,
+    Target,
+    TargetSpec,
+    per_image_specs,
+    resolve_output_targets,
+    target_scores,
+)
 
 
 @dataclass(frozen=True)
@@ -170,30 +174,19 @@ class BaseCAM:
     # --- the shared part -----------------------------------------------------------------------------------
     def __call__(self, images: ImagesLike, targets: TargetSpec | Sequence[TargetSpec] = None) -> CAMResult:
         inputs = self._inputs(images)
-        specs = _per_image_specs(targets, len(inputs))
+        specs = per_image_specs(targets, len(inputs))
         chunks: list[_Chunk] = []
         with preserved_state(self.module) as module:
             starts = range(0, len(inputs), self.batch_size)
             images_bar = self._track(starts, len(starts), f"{self.title}: images") if not self.extra_passes else starts
             for start in images_bar:
                 stop = start + self.batch_size
-                chunk_specs = specs[start:stop] if isinstance(specs, list) else specs
+                chunk_specs = specs[start:stop]
                 chunks.append(self._explain(module, inputs[start:stop], chunk_specs))
         return self._result(chunks, inputs.shape[-2:])
 
     def _inputs(self, images: ImagesLike) -> torch.Tensor:
-        device = next(iter(self.module.parameters()), torch.empty(0)).device
-        if not isinstance(images, torch.Tensor):
-            if not isinstance(self.model, ImageClassifier):
-                raise ConvlensError("paths and PIL images need an ImageClassifier (convlens.load_model); "
-                                    "with a bare nn.Module pass a preprocessed N x 3 x H x W tensor")
-            images = self.model.prepare(images)
-        if images.ndim == 3:
-            images = images[None]
-        if images.ndim != 4 or images.shape[0] == 0:
-            raise ConvlensError(f"images must be an N x C x H x W batch, got shape {tuple(images.shape)}")
-        with torch.inference_mode(False):
-            return images.detach().to(device).clone()  # a normal tensor even if made under inference_mode
+        return as_batch(self.model, images)
 
     def _explain(self, module: nn.Module, inputs: torch.Tensor, specs) -> _Chunk:
         if self.uses_gradients:
@@ -258,58 +251,21 @@ def fuse_maps(raw: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.Tenso
 
 
 # --- targets -------------------------------------------------------------------------------------------------
-def _per_image_specs(targets, count: int):
-    if isinstance(targets, (list, tuple)):
-        if len(targets) != count:
-            raise ConvlensError(f"{len(targets)} targets given for {count} images; give one, or one per image")
-        return list(targets)
-    return targets
-
-
-# --- forward passes with hooks -------------------------------------------------------------------------------
-def _output_tensor(output: Any, layer: str) -> torch.Tensor:
-    tensor = output[0] if isinstance(output, (tuple, list)) else output
-    if not isinstance(tensor, torch.Tensor) or tensor.ndim != 4:
-        shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
-        raise ConvlensError(f"layer {layer!r} gives {shape}, not an N x C x H x W feature map; choose a conv "
-                            "layer or block (`convlens layers MODEL`)")
-    return tensor
-
-
-def _replace_output(output: Any, tensor: torch.Tensor) -> Any:
-    if isinstance(output, tuple):
-        return (tensor, *output[1:])
-    if isinstance(output, list):
-        return [tensor, *output[1:]]
-    return tensor
-
-
 def _storing_hook(name: str, store: dict, make_leaf: bool, calls: dict):
     def hook(module, args, output):
         calls[name] = calls.get(name, 0) + 1
-        tensor = _output_tensor(output, name)
+        tensor = first_tensor(output, name)
+        if tensor.ndim != 4:
+            raise ConvlensError(f"layer {name!r} gives {tuple(tensor.shape)}, not an N x C x H x W feature map; "
+                                "choose a conv layer or block (`convlens layers MODEL`)")
         if make_leaf and not tensor.requires_grad:
             # Nothing upstream needs a gradient: the graph starts here, the backward pass stops here.
             tensor = tensor.detach().requires_grad_()
         store[name] = tensor
         # Hand on a copy: in-place ops downstream then modify the copy, never what we captured.
-        return _replace_output(output, tensor.clone())
+        return hand_on_copy(output, tensor)
 
     return hook
-
-
-class _Hooks:
-    """Forward hooks on ``layers`` for one ``with`` block, removed in ``finally``."""
-
-    def __init__(self, module: nn.Module, hooks: dict[str, Callable]) -> None:
-        self.handles = [resolve_layer(module, name).register_forward_hook(hook) for name, hook in hooks.items()]
-
-    def __enter__(self) -> _Hooks:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        for handle in self.handles:
-            handle.remove()
 
 
 def _check_ran(store: dict, layers: Sequence[str]) -> None:
@@ -323,7 +279,7 @@ def _forward_capturing(model, module: nn.Module, layers: Sequence[str], inputs: 
     store: dict[str, torch.Tensor] = {}
     calls: dict[str, int] = {}
     hooks = {name: _storing_hook(name, store, False, calls) for name in layers}
-    with _Hooks(module, hooks), torch.inference_mode():
+    with forward_hooks(module, hooks), torch.inference_mode():
         output = module(inputs)
     _check_ran(store, layers)
     targets = resolve_output_targets(model, specs, output)
@@ -341,7 +297,7 @@ def _forward_with_gradients(model, module: nn.Module, layers: Sequence[str], inp
     store: dict[str, torch.Tensor] = {}
     calls: dict[str, int] = {}
     with torch.inference_mode(False), torch.enable_grad():
-        with _Hooks(module, {name: _storing_hook(name, store, True, calls) for name in layers}):
+        with forward_hooks(module, {name: _storing_hook(name, store, True, calls) for name in layers}):
             output = module(inputs)
         _check_ran(store, layers)
         targets = resolve_output_targets(model, specs, output)

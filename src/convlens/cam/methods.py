@@ -13,12 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from convlens.cam.base import BaseCAM, LayerData, _Hooks, _replace_output, target_scores
+from convlens.cam.base import BaseCAM, LayerData
 from convlens.errors import ConvlensError
-from convlens.hooks import preserved_state
+from convlens.hooks import forward_hooks, preserved_state, replace_in_output
 from convlens.models.classifier import ImageClassifier
 from convlens.models.loading import preferred_memory_format
-from convlens.targets import ClassTarget
+from convlens.targets import ClassTarget, target_scores
 
 # Additive constants of pytorch-grad-cam and torchcam, kept so that the numbers match theirs.
 GRADCAM_PP_EPS = 1e-6
@@ -207,12 +207,12 @@ class AblationCAM(BaseCAM):
             if state["calls"] % data.calls:
                 return None
             tensor = output[0] if isinstance(output, (tuple, list)) else output
-            return _replace_output(output, state["batch"].to(tensor.dtype))
+            return replace_in_output(output, state["batch"].to(tensor.dtype))
 
         device = data.activations.device
         scores = []
         starts = range(0, len(owners), self.batch_size)
-        with _Hooks(data.module, {data.layer: replace}):
+        with forward_hooks(data.module, {data.layer: replace}):
             for start in self._track(starts, len(starts), "Ablation-CAM: ablated copies"):
                 images = torch.tensor(owners[start:start + self.batch_size], device=device)
                 picked = torch.tensor(channels[start:start + self.batch_size], device=device)
@@ -314,7 +314,7 @@ def _probe(module: nn.Module, input_size: Sequence[int]) -> dict:
     generator = torch.Generator().manual_seed(0)
     image = torch.randn(1, 3, *input_size, generator=generator).to(device)
     hooks = {name: record(name, isinstance(m, nn.Linear)) for name, m in named}
-    with preserved_state(module) as net, _Hooks(net, hooks), torch.inference_mode():
+    with preserved_state(module) as net, forward_hooks(net, hooks), torch.inference_mode():
         try:
             output = net(image)
         except RuntimeError as exc:

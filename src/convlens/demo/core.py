@@ -1,7 +1,7 @@
 """``convlens demo``: every capability on the offline default model and bundled sample photos.
 
-Each capability adds a section function to ``SECTIONS``: it receives a ``DemoContext`` and returns a
-``DemoSection`` (title, a sentence, figure paths relative to the demo folder). ``index.html`` shows them all.
+Each section function receives a ``DemoContext`` and returns a ``DemoSection`` (title, a sentence, figure paths
+relative to the demo folder). ``index.html`` shows them all; ``convlens.demo.SECTIONS`` lists them.
 """
 
 from __future__ import annotations
@@ -13,12 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from convlens.cam.figures import cam_section
-from convlens.featuremaps import demo_section as filters_featuremaps_section
 from convlens.models import DEFAULT_SPEC, ImageClassifier, load_model
-from convlens.occlusion import demo_section as occlusion_invariance_section
-from convlens.topk import demo_section as deconvnet_section
-from convlens.training.demo import training_section
 
 SAMPLE_PHOTOS = ("coffee", "chelsea", "astronaut", "rocket")
 
@@ -71,17 +66,8 @@ def predictions_section(context: DemoContext) -> DemoSection:
                        "(resized and centre-cropped).", [target.name])
 
 
-SECTIONS: list[Callable[[DemoContext], DemoSection]] = [
-    predictions_section,
-    filters_featuremaps_section,
-    deconvnet_section,
-    training_section,
-    cam_section,
-    occlusion_invariance_section,
-]
-
-
-def run_demo(out: str | Path = "convlens-demo", model_spec: str = DEFAULT_SPEC, progress: bool = True,
+def run_demo(out: str | Path = "convlens-demo", model_spec: str = DEFAULT_SPEC, progress: bool = True, *,
+             sections: list[Callable[[DemoContext], DemoSection]],
              log: Callable[[str], None] = print) -> Path:
     out = Path(out)
     if out.exists():
@@ -90,7 +76,7 @@ def run_demo(out: str | Path = "convlens-demo", model_spec: str = DEFAULT_SPEC, 
     model = load_model(model_spec)
     context = DemoContext(model, sample_photos(out / "photos"), out, progress)
     sections = []
-    for section in SECTIONS:
+    for section in sections:
         start = time.perf_counter()
         sections.append(section(context))
         log(f"  {sections[-1].title}: {time.perf_counter() - start:.1f} s")

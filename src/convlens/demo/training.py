@@ -12,7 +12,7 @@ from convlens.training.loop import TrainingEvents
 from convlens.training.run import train
 
 if TYPE_CHECKING:  # convlens.demo imports this module
-    from convlens.demo import DemoContext, DemoSection
+    from convlens.demo.core import DemoContext, DemoSection
 
 DIGIT_SIDE = 32
 DEMO_CONFIG = TrainConfig(arch="baseline", img_size=DIGIT_SIDE, epochs=3, batch_size=32, optimizer="adam",
@@ -45,8 +45,7 @@ class CollectedEvents(TrainingEvents):
         self.messages.append(message)
 
 
-def training_section(context: DemoContext) -> DemoSection:
-    from convlens.demo import DemoSection
+def section(context: DemoContext) -> DemoSection:
 
     base = context.out / "training"
     data = write_digits_folder(base / "digits")
