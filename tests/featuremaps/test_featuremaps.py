@@ -11,7 +11,7 @@ from conftest import make_image
 from torch import nn
 
 from convlens.errors import ConvlensError
-from convlens.featuremaps import channel_order, feature_maps, layer_activations, layer_figure, stage_end_layers
+from convlens.featuremaps import channel_order, feature_maps, layer_figure, stage_end_layers
 from convlens.filters import filters
 from convlens.models import BaselineCNN
 

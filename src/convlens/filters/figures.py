@@ -78,12 +78,12 @@ def pointwise_figure(layer: LayerKernels, matrix: PointwiseMatrix, reduce: Reduc
         firsts = group_first_channels(layer.weight.shape[0], layer.weight.shape[1], layer.groups, rows)
         axis.set_yticks(range(rows), [f"#{i} (in {f}-{f + cols - 1})" for i, f in enumerate(firsts)], fontsize=7)
     bar = figure.colorbar(image, ax=axis, extend="both" if matrix.limit < matrix.largest else "neither",
-                          fraction=0.08, pad=0.02)
+                          fraction=min(0.08, 0.4 / (width + 1.6)), pad=0.02, shrink=1.0 if height <= 10 else 0.5)
     bar.set_label(f"weight (one scale for the layer: ±{matrix.limit:.3g}, the {POINTWISE_PERCENTILE:g}th "
                   f"percentile of |w|; max |w| {matrix.largest:.3g})", fontsize=8)
     note = "; --reduce mean does not apply: a 1x1 kernel is already one weight per input channel" \
         if reduce == "mean" else ""
     axis.set_title(f"{layer_heading(layer)}: 1x1 kernels as a filters x input-channels matrix{note}",
-                   fontsize=10, wrap=True)
+                   fontsize=11, wrap=True)
     return figure
 
