@@ -41,6 +41,9 @@ def baseline(seeded) -> BaselineCNN:
 def test_feature_maps_equal_independent_hooks_on_the_baseline(baseline):
     inputs = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     layers = ["conv1", "relu2", "conv3"]
+    import convlens
+
+    assert convlens.feature_maps is feature_maps
     maps = feature_maps(baseline, inputs, layers).activations
     expected, _ = hooked_forward(baseline, inputs, layers)
     for name in layers:

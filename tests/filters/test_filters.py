@@ -11,6 +11,7 @@ from torch import nn
 
 from convlens.errors import ConvlensError
 from convlens.filters import (
+    FiltersResult,
     conv_layer_names,
     filter_tiles,
     filters,
@@ -45,7 +46,12 @@ def test_kernels_are_the_module_weights_on_two_architectures(baseline, default_m
 
 
 def test_filters_saves_raw_kernels_and_figures(baseline, tmp_path):
-    out = filters(baseline, ["conv1", "conv2"]).save(tmp_path / "f")
+    import convlens
+
+    result = convlens.filters(baseline, ["conv1", "conv2"])  # the package is the function
+    assert isinstance(result, FiltersResult) and isinstance(result, convlens.Result)
+    assert torch.equal(result["conv2"], baseline.conv2.weight.detach())
+    out = result.save(tmp_path / "f")
     arrays = np.load(out / "arrays.npz")
     np.testing.assert_array_equal(arrays["kernel/conv1"], baseline.conv1.weight.detach().numpy())
     np.testing.assert_array_equal(arrays["kernel/conv2"], baseline.conv2.weight.detach().numpy())
