@@ -10,16 +10,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from convlens.deconv import (
+from convlens.errors import ConvlensError
+from convlens.models import BaselineCNN
+from convlens.zeiler.deconv import (
     deconv_projection,
     project_activations,
-    projection_image,
     strongest_position,
     strongest_units,
     unit_activations,
 )
-from convlens.errors import ConvlensError
-from convlens.models import BaselineCNN
+from convlens.zeiler.figures import projection_image
 
 CAPTUM = {"deconvnet": "NeuronDeconvolution", "guided": "NeuronGuidedBackprop", "gradient": "NeuronGradient"}
 
@@ -259,7 +259,7 @@ def test_projection_image_centres_zero_on_grey():
 def test_default_model_projection_stays_inside_receptive_field(default_model, sample_photos):
     """The real EfficientNet-Lite0 (ReLU6 in timm's BatchNormAct2d, "same" padding): a single activation's
     projection is non-zero only inside that position's receptive field."""
-    from convlens.receptive_field import receptive_field
+    from convlens.zeiler.receptive_field import receptive_field
 
     inputs = default_model.prepare(sample_photos[:1])
     layer = "blocks.2"
