@@ -992,8 +992,8 @@ def run_occlusion(model: ImageClassifier, image: str | Path, out: str | Path, ru
     ``rule``: how panel (c) projects the feature map down (``convlens.zeiler.deconv`` rules: deconvnet, guided,
     gradient). ``options`` go to ``occlusion`` (target, size, stride, fill, layer, batch_size).
     """
-    from convlens.zeiler.deconv import check_rule
     from convlens.output import output_dir
+    from convlens.zeiler.deconv import check_rule
 
     check_rule(rule)
     image = Path(image)

@@ -11,8 +11,11 @@ The functions ``deconv`` and ``evolution`` share their names with the modules th
 modules' other contents with ``from convlens.zeiler.deconv import NAME``.
 """
 
+# ``deconv`` and ``evolution`` are bound after their modules have loaded (a ``from`` import binds the function
+# over the submodule attribute that loading set); nothing below loads either module for the first time.
 from convlens.zeiler.deconv import (
     RULES,
+    deconv,
     deconv_projection,
     default_rule,
     parse_units,
@@ -21,15 +24,11 @@ from convlens.zeiler.deconv import (
     strongest_units,
     unit_activations,
 )
+from convlens.zeiler.evolution import evolution, find_snapshots
+from convlens.zeiler.figures import projection_image
 from convlens.zeiler.receptive_field import ReceptiveField, receptive_field
 from convlens.zeiler.results import DeconvResult, EvolutionResult, TopKResult
 from convlens.zeiler.topk import TopKTable, scan_top, top_activations, topk_result
-from convlens.zeiler.evolution import find_snapshots  # noqa: I001 (the module first, the function after it)
-from convlens.zeiler.figures import projection_image
-
-# Bound last: importing the submodules ``deconv`` and ``evolution`` set these names to the modules.
-from convlens.zeiler.deconv import deconv  # noqa: E402
-from convlens.zeiler.evolution import evolution  # noqa: E402
 
 __all__ = [
     "RULES",
