@@ -323,3 +323,12 @@ def _checkpoint(tmp_path, model):
     return save_checkpoint(tmp_path / "model", model.module, {
         "architecture": "baseline", "img_size": 32, "class_names": ["a", "b", "c"],
         "preprocessing": baseline_preprocessing(32).to_dict()})
+
+
+def test_progress_goes_to_a_callback(cross_detector, planted_folder):
+    events = []
+    top_activations(cross_detector, planted_folder, "conv1", units=[0], k=2, batch_size=10,
+                    progress=lambda description, done, total: events.append((description, done, total)))
+    scan = [event for event in events if event[0] == "scanning images"]
+    assert scan[0] == ("scanning images", 0, 3) and scan[-1] == ("scanning images", 3, 3)
+    assert events[-1][0] == "projecting" and events[-1][1] == events[-1][2]

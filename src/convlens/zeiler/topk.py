@@ -112,7 +112,7 @@ class TopKTable:
         images = images.view(-1).long()
         batch = TopKTable(self.layer, self.units, len(images), self.map_size, self.channels, self.layer_calls,
                           values.T.float(), images.view(1, -1).expand(len(self.units), -1), flat_positions.T.long())
-        merged = self.merge(batch)
+        merged = self._combine(batch)
         if merged.keep_inputs and inputs is not None:
             wanted = set(merged.images.unique().tolist())
             for index, image in zip(images.tolist(), inputs, strict=True):
@@ -123,8 +123,11 @@ class TopKTable:
     def merge(self, other: TopKTable) -> TopKTable:
         """One table from two over disjoint images (shards of one folder, indexed into the same list of paths):
         the k strongest per unit, ties by image index, exactly what one scan over both would keep."""
-        if (self.layer, self.units, self.map_size) != (other.layer, other.units, other.map_size):
-            raise ConvlensError("top-k tables of different layers, units or map sizes cannot be merged")
+        if (self.layer, self.units, self.k, self.map_size) != (other.layer, other.units, other.k, other.map_size):
+            raise ConvlensError("top-k tables of different layers, units, k or map sizes cannot be merged")
+        return self._combine(other)
+
+    def _combine(self, other: TopKTable) -> TopKTable:
         values = torch.cat([self.values, other.values], dim=1)
         images = torch.cat([self.images, other.images], dim=1)
         positions = torch.cat([self.flat_positions, other.flat_positions], dim=1)
@@ -135,7 +138,7 @@ class TopKTable:
         if kept.keep_inputs:
             wanted = set(kept.images.unique().tolist())
             pool = {**self.inputs, **other.inputs}
-            object.__setattr__(kept, "inputs", {i: x for i, x in pool.items() if i in wanted})
+            kept.inputs.update({i: x for i, x in pool.items() if i in wanted})
         return kept
 
     @property
