@@ -859,7 +859,7 @@ def _scatter(target: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, value
 def feature_projection(model: ImageClassifier | nn.Module, result: OcclusionResult,
                        rule: str = "deconvnet") -> torch.Tensor:
     """Panel (c): the deconvnet projection (``3 x H x W``) of feature map ``feature_channel`` at ``layer``."""
-    from convlens.deconv import deconv_projection
+    from convlens.zeiler.deconv import deconv_projection
 
     device = next(iter(as_module(model).parameters()), torch.empty(0)).device
     return deconv_projection(model, result.input.to(device), result.layer, result.feature_channel, position="map",
@@ -919,7 +919,7 @@ def occlusion_figure(model, result: OcclusionResult, projection: torch.Tensor | 
     frame(axes[1], f"(b) total activation, {result.layer}\nfeature map {result.feature_channel} "
                    f"(clean: {result.clean_feature_activation:.3g})")
     if projection is not None:
-        from convlens.deconv import projection_image
+        from convlens.zeiler.figures import projection_image
 
         axes[2].imshow(projection_image(projection))
         frame(axes[2], f"(c) projection of feature map {result.feature_channel}\n(rule: {rule})")
@@ -989,11 +989,11 @@ def run_occlusion(model: ImageClassifier, image: str | Path, out: str | Path, ru
                   progress: bool = False, **options) -> Path:
     """``convlens occlusion``: maps, the Fig. 7 figure and the attribution overlay in output folder ``out``.
 
-    ``rule``: how panel (c) projects the feature map down (``convlens.deconv`` rules: deconvnet, guided,
+    ``rule``: how panel (c) projects the feature map down (``convlens.zeiler.deconv`` rules: deconvnet, guided,
     gradient). ``options`` go to ``occlusion`` (target, size, stride, fill, layer, batch_size).
     """
-    from convlens.deconv import check_rule
     from convlens.output import output_dir
+    from convlens.zeiler.deconv import check_rule
 
     check_rule(rule)
     image = Path(image)
