@@ -8,11 +8,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from convlens.invariance.transforms import UNITS
+from convlens.result import Result
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from convlens.invariance.result import InvarianceCurves, InvarianceResult
+# The figure reads an ``InvarianceResult``; typed as ``Result`` so that this module does not import result.py back.
+InvarianceResult = Result
 
 
 def _score_label(result: InvarianceResult) -> str:
@@ -54,7 +56,7 @@ def invariance_figure(result: InvarianceResult, title: str | None = None) -> Fig
     return figure
 
 
-def _examples_panel(axis, curves: InvarianceCurves) -> None:
+def _examples_panel(axis, curves) -> None:
     """The example transformed images side by side, with a thin white gap between them."""
     if not curves.examples:
         axis.axis("off")

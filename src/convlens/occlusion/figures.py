@@ -7,10 +7,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from convlens.result import Result
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from convlens.occlusion.result import OcclusionResult
+# The figures read an ``OcclusionResult``; typed as ``Result`` so that this module does not import result.py back.
+OcclusionResult = Result
 
 
 def _map_extent(result: OcclusionResult) -> list[float]:
