@@ -27,6 +27,11 @@ can too (RISE-like cells, deletion/insertion in square patches). The interface::
   ``per_sample_bytes`` (what one variant costs in memory, for ``convlens.perturbation.auto_batch_size``), and
   ``run(row_index, col_index, channel=None) -> (output, layer output or None)``.
 
+``build_suffix(net, inputs, layer)`` runs the model from a layer's output onward (``engine/suffix.py``): the
+traced graph after the layer, fed replacements of the layer's output and the cached clean tensors the rest of
+the model reads (skip connections that bypass the layer), or the whole model with a hook (``WholeModel``, with
+``reason``) where that cannot be proved. ``suffix.run(layer_values, owners)`` gives the model's output.
+
 Results are exact up to float rounding: the regional engine computes each op as the model does, on a region
 that holds every value the variant can change. Build and run the engines inside ``torch.inference_mode()`` and
 ``hooks.preserved_state`` (the caller holds both for the engine's life).
@@ -41,6 +46,7 @@ from convlens.engine.batched import ACTIVATION_COPIES, BatchedEngine, forward_me
 from convlens.engine.ops import NotTraceable, trace
 from convlens.engine.regional import MAX_REGION_FRACTION, RegionalEngine
 from convlens.engine.regions import Regions, inside
+from convlens.engine.suffix import Suffix, SuffixEngine, WholeModel, build_suffix
 
 Engine = RegionalEngine | BatchedEngine
 
@@ -64,7 +70,11 @@ __all__ = [
     "NotTraceable",
     "RegionalEngine",
     "Regions",
+    "Suffix",
+    "SuffixEngine",
+    "WholeModel",
     "build_engine",
+    "build_suffix",
     "forward_measured",
     "inside",
     "model_output",
