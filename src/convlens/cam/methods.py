@@ -8,14 +8,16 @@ respect to them, sums over ``ij`` run over the spatial positions. The formulas f
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from convlens.cam.base import BaseCAM, LayerData
+from convlens.engine.suffix import build_suffix
 from convlens.errors import ConvlensError
-from convlens.hooks import forward_hooks, preserved_state, replace_in_output
+from convlens.hooks import forward_hooks, preserved_state
 from convlens.models.classifier import ImageClassifier
 from convlens.models.loading import preferred_memory_format
 from convlens.targets import ClassTarget, target_scores
@@ -187,6 +189,8 @@ class AblationCAM(BaseCAM):
     name = "ablationcam"
     title = "Ablation-CAM"
     extra_passes = True
+    use_suffix: ClassVar[bool] = True  # False: every copy runs the whole model (the reference computation)
+    engine: dict | None = None  # how the last call ran the copies: {"engine", "suffix_nodes", "reason"}
 
     def _weights(self, data: LayerData) -> torch.Tensor:
         activations = data.activations
@@ -199,29 +203,21 @@ class AblationCAM(BaseCAM):
         return (original - ablated) / original
 
     def _ablated_scores(self, data: LayerData, owners: list[int], channels: list[int]) -> torch.Tensor:
-        state: dict = {"calls": 0}
-
-        def replace(module, args, output):
-            # Replace only the call that was explained (a shared module may run several times per pass).
-            state["calls"] += 1
-            if state["calls"] % data.calls:
-                return None
-            tensor = output[0] if isinstance(output, (tuple, list)) else output
-            return replace_in_output(output, state["batch"].to(tensor.dtype))
-
+        # Only the graph after the layer runs for each ablated copy (convlens.engine.build_suffix); the whole
+        # model, with the layer's output replaced, where the traced graph cannot prove that is all that changes.
+        suffix = build_suffix(data.module, data.inputs, data.layer, suffix=self.use_suffix)
+        self.engine = {"engine": suffix.name, "suffix_nodes": suffix.suffix_nodes, "reason": suffix.reason}
         device = data.activations.device
+        dtype = suffix.clean_layer.dtype
         scores = []
         starts = range(0, len(owners), self.batch_size)
-        with forward_hooks(data.module, {data.layer: replace}):
-            for start in self._track(starts, len(starts), "Ablation-CAM: ablated copies"):
-                images = torch.tensor(owners[start:start + self.batch_size], device=device)
-                picked = torch.tensor(channels[start:start + self.batch_size], device=device)
-                batch = data.activations[images].clone()
-                batch[torch.arange(len(images), device=device), picked] = 0
-                state["batch"] = batch
-                copies = data.inputs[images].contiguous(memory_format=preferred_memory_format(device))
-                output = data.module(copies)
-                scores.append(target_scores(data.targets, output, images.tolist()).float())
+        for start in self._track(starts, len(starts), "Ablation-CAM: ablated copies"):
+            images = torch.tensor(owners[start:start + self.batch_size], device=device)
+            picked = torch.tensor(channels[start:start + self.batch_size], device=device)
+            batch = data.activations[images].to(dtype, copy=True)
+            batch[torch.arange(len(images), device=device), picked] = 0
+            output = suffix.run(batch, images)
+            scores.append(target_scores(data.targets, output, images.tolist()).float())
         return torch.cat(scores)
 
 

@@ -198,7 +198,8 @@ class WholeModel:
             state["calls"] += 1  # replace only the explained (last) call of a module that runs several times
             if state["calls"] % self.calls:
                 return None
-            return replace_in_output(output, layer_values.clone())  # in-place ops downstream: on a copy
+            # a copy (in-place ops downstream), in the layout the suffix engine uses too
+            return replace_in_output(output, layer_values.contiguous(memory_format=self.format).clone())
 
         copies = self.inputs.index_select(0, owners).contiguous(memory_format=self.format)
         with forward_hooks(self.net, {self.layer: replace}):
