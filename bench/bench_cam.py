@@ -197,9 +197,6 @@ def _peer_cases(quick: bool) -> list[BenchCase]:
     leaf_model, leaf_inputs, leaf_targets = _leaf_batch(16)
     cases.append(_pg_case(GradCAM, "baseline 128", leaf_model, leaf_inputs, leaf_targets, "relu3",
                           "random init, leaf validation images"))
-    ablation = ("resnet18", 64, "layer3") if quick else ("resnet18", 112, "layer4")
-    cases.append(_pg_case(AblationCAM, f"{ablation[0]} {ablation[1]}", *_random_model(*ablation[:2], 1), ablation[2],
-                          "random init; one whole-model pass per channel on both sides"))
     cam_batch = 4 if quick else 16
     cases.append(_torchcam_case(CAM, "resnet50 224", *_random_model("resnet50", 224, cam_batch), "layer4", random))
     cases.append(_torchcam_case(ScoreCAM, "resnet18 112", *_random_model("resnet18", 112, 1), "layer3",
@@ -207,5 +204,53 @@ def _peer_cases(quick: bool) -> list[BenchCase]:
     return cases
 
 
+def _zero_ablation_layer():
+    """pytorch-grad-cam's ablation layer set to zero the channel (its rule on post-ReLU layers, and the paper's)
+    also where the layer has negative values (there it uses ``min - 1e7``), so both sides compute the same maps."""
+    from pytorch_grad_cam.ablation_layer import AblationLayer
+
+    class ZeroAblationLayer(AblationLayer):
+        def __call__(self, x):
+            output = self.activations
+            for i in range(output.size(0)):
+                output[i, self.indices[i], :] = 0
+            return output
+
+    return ZeroAblationLayer()
+
+
+def _ablation_cases(quick: bool) -> list[BenchCase]:
+    """Ablation-CAM: convlens runs only the graph after the layer per ablated copy (convlens.engine.build_suffix);
+    pytorch-grad-cam the whole model. Target <= 0.1x (issue 20)."""
+    size = 64 if quick else 112
+    default_size = 112 if quick else 224
+    default, photo_inputs = _default_model_photo(default_size)
+    with torch.inference_mode():
+        photo_targets = default.module(photo_inputs).argmax(1).tolist()
+    runs = [("resnet18", size, *_random_model("resnet18", size, 1), "layer4", "random init"),
+            ("resnet50", size, *_random_model("resnet50", size, 1), "layer4", "random init"),
+            ("efficientnet_lite0", default_size, default.module, photo_inputs, photo_targets, "blocks.6",
+             "real ImageNet weights, real photo, the last block (linear bottleneck: the peer's ablation layer "
+             "set to zero the channel, as convlens does)")]
+    cases = []
+    for name, side, model, inputs, targets, layer, note in runs:
+        case = _pg_case(AblationCAM, f"{name} {side}", model, inputs, targets, layer,
+                        f"{note}; convlens runs the graph after the layer per copy, the peer the whole model")
+        if name == "efficientnet_lite0":
+            peer_model = copy.deepcopy(model)
+            import pytorch_grad_cam
+            from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+            peer = pytorch_grad_cam.AblationCAM(peer_model, [peer_model.get_submodule(layer)],
+                                                ablation_layer=_zero_ablation_layer(), batch_size=32)
+            wanted = [ClassifierOutputTarget(t) for t in targets]
+            case.peer = lambda peer=peer, wanted=wanted, inputs=inputs: peer(inputs, wanted)
+        case.max_ratio = 0.1
+        case.repetitions = 1 if name == "resnet50" else None
+        cases.append(case)
+    return cases
+
+
 def cases(quick: bool) -> list[BenchCase]:
-    return [_gradcam_case(quick), _scorecam_default_case(quick), _scorecam_dense_case(quick)] + _peer_cases(quick)
+    return [_gradcam_case(quick), _scorecam_default_case(quick), _scorecam_dense_case(quick)] + _peer_cases(quick) \
+        + _ablation_cases(quick)

@@ -15,11 +15,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from convlens.cam.base import BaseCAM, LayerData
+from convlens.engine.inference import inference_model
 from convlens.engine.suffix import build_suffix
 from convlens.errors import ConvlensError
 from convlens.hooks import forward_hooks, preserved_state
 from convlens.models.classifier import ImageClassifier
 from convlens.models.loading import preferred_memory_format
+from convlens.perturbation.batching import auto_batch_size
 from convlens.targets import ClassTarget, target_scores
 
 # Additive constants of pytorch-grad-cam and torchcam, kept so that the numbers match theirs.
@@ -145,6 +147,7 @@ class ScoreCAM(BaseCAM):
     name = "scorecam"
     title = "Score-CAM"
     extra_passes = True
+    engine: dict | None = None  # how the last call ran the masked inputs: {"batch_norms_folded", "reason"}
 
     def _weights(self, data: LayerData) -> torch.Tensor:
         activations = data.activations
@@ -161,18 +164,29 @@ class ScoreCAM(BaseCAM):
     def _masked_scores(self, data: LayerData, owners: list[int], channels: list[int]) -> torch.Tensor:
         size = tuple(data.inputs.shape[-2:])
         device = data.activations.device
+        # The traced model with its batch norms folded into the convolutions (checked on the clean inputs), in
+        # batches of at most batch_size that fit the memory.
+        def agrees(output: torch.Tensor) -> bool:  # the folded copy's score of image 0 is the model's
+            score = target_scores(data.targets, output, [0]).float()
+            return bool(torch.allclose(score, data.scores[:1].float(), rtol=1e-4, atol=1e-5))
+
+        runner = inference_model(data.module, data.inputs[:1], agrees)
+        self.engine = {"batch_norms_folded": runner.folded, "reason": runner.reason}
+        batch_size = self.batch_size
+        if runner.per_sample_bytes:
+            batch_size = min(batch_size, auto_batch_size(runner.per_sample_bytes, device))
         scores = []
-        starts = range(0, len(owners), self.batch_size)
+        starts = range(0, len(owners), batch_size)
         for start in self._track(starts, len(starts), "Score-CAM: masked inputs"):
-            images = torch.tensor(owners[start:start + self.batch_size], device=device)
-            picked = torch.tensor(channels[start:start + self.batch_size], device=device)
+            images = torch.tensor(owners[start:start + batch_size], device=device)
+            picked = torch.tensor(channels[start:start + batch_size], device=device)
             maps = F.interpolate(data.activations[images, picked][:, None], size=size, mode="bilinear",
                                  align_corners=True)
             flat = maps.flatten(1)
             low, high = flat.amin(1, keepdim=True), flat.amax(1, keepdim=True)
             masks = ((flat - low) / (high - low + SCORECAM_MASK_EPS)).view_as(maps)
             masked = data.inputs[images] * masks.to(data.inputs.dtype)
-            output = data.module(masked.contiguous(memory_format=preferred_memory_format(device)))
+            output = runner.forward(masked.contiguous(memory_format=preferred_memory_format(device)))
             scores.append(target_scores(data.targets, output, images.tolist()).float())
         return torch.cat(scores)
 

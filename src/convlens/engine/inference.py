@@ -1,0 +1,68 @@
+"""An inference copy of a model for methods that run it on many variants of an input (Score-CAM's masked inputs):
+the traced graph with every batch norm that directly follows a convolution folded into that convolution's
+weights (``torch.fx.experimental.optimization.fuse``), which saves one pass over each feature map (on the CPU,
+in channels-last, a third of a ResNet's time).
+
+The copy is checked on the clean inputs against the model; where the model does not trace, nothing folds, or the
+copy disagrees, the model itself is used and ``reason`` says why. The model is never changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import fx, nn
+from torch.fx.experimental.optimization import fuse
+
+from convlens.engine.batched import ACTIVATION_COPIES, forward_measured, model_output
+from convlens.engine.ops import NotTraceable, trace
+from convlens.models.loading import preferred_memory_format
+
+
+@dataclass
+class InferenceModel:
+    """``forward(batch)`` gives the model's output; ``folded``: batch norms folded (0 when ``forward`` is the
+    model itself, then ``reason`` says why); ``per_sample_bytes``: memory one input costs (for batch sizing; 0
+    when not measured)."""
+
+    forward: nn.Module
+    folded: int
+    reason: str
+    per_sample_bytes: int
+
+
+def _count_batchnorms(module: nn.Module) -> int:
+    return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+
+def inference_model(net: nn.Module, sample: torch.Tensor,
+                    agrees: Callable[[torch.Tensor], bool] | None = None) -> InferenceModel:
+    """The folded copy of ``net`` where it reproduces ``net`` on ``sample`` (``agrees(output)`` when given, which
+    spares a pass of the model; else the output of ``net(sample)``), otherwise ``net`` itself. Call inside
+    ``torch.inference_mode()`` and ``hooks.preserved_state`` (eval mode)."""
+    try:
+        graph = trace(net)
+        folded = fuse(fx.GraphModule(net, graph), no_trace=True)  # a deep copy: the model keeps its weights
+    except NotTraceable as why:
+        return InferenceModel(net, 0, str(why), 0)
+    except Exception as error:  # noqa: BLE001 - folding is an optimisation: the model itself still works
+        return InferenceModel(net, 0, f"batch norms cannot be folded ({type(error).__name__})", 0)
+    count = _count_batchnorms(net) - _count_batchnorms(folded)
+    if not count:
+        return InferenceModel(net, 0, "no batch norm directly follows a convolution", 0)
+    batch = sample.contiguous(memory_format=preferred_memory_format(sample.device))
+    try:
+        output, measured = forward_measured(folded, batch)
+    except Exception as error:  # noqa: BLE001
+        return InferenceModel(net, 0, f"the folded graph fails to run ({type(error).__name__})", 0)
+    if agrees is None:
+        clean = model_output(net(batch))
+        scale = float(clean.abs().max())
+        same = output.shape == clean.shape and torch.allclose(output, clean, rtol=1e-4, atol=1e-5 * max(1.0, scale))
+    else:
+        same = agrees(output)
+    if not same:
+        return InferenceModel(net, 0, "the folded graph does not reproduce the model's output", 0)
+    return InferenceModel(folded, count, "", ACTIVATION_COPIES * measured)
