@@ -219,7 +219,11 @@ class AblationCAM(BaseCAM):
     def _ablated_scores(self, data: LayerData, owners: list[int], channels: list[int]) -> torch.Tensor:
         # Only the graph after the layer runs for each ablated copy (convlens.engine.build_suffix); the whole
         # model, with the layer's output replaced, where the traced graph cannot prove that is all that changes.
-        suffix = build_suffix(data.module, data.inputs, data.layer, suffix=self.use_suffix)
+        def agrees(output: torch.Tensor) -> bool:  # the traced graph gives the model's target scores
+            score = target_scores(data.targets, output).float()
+            return bool(torch.allclose(score, data.scores.float(), rtol=1e-4, atol=1e-5))
+
+        suffix = build_suffix(data.module, data.inputs, data.layer, suffix=self.use_suffix, agrees=agrees)
         self.engine = {"engine": suffix.name, "suffix_nodes": suffix.suffix_nodes, "reason": suffix.reason}
         device = data.activations.device
         dtype = suffix.clean_layer.dtype

@@ -21,7 +21,9 @@ can too (RISE-like cells, deletion/insertion in square patches). The interface::
   name ``"incremental"``). When that is impossible it returns the plain ``BatchedEngine`` (every variant as a
   full input) with ``reason`` saying why: the model does not trace, the graph does not reproduce the model's
   output, the layer is hidden inside a traced leaf, or nothing local follows the input. ``incremental=False``
-  asks for the plain engine.
+  asks for the plain engine. ``fold=True`` (default) first folds batch norms into the convolutions before them
+  (``engine/inference.py``, checked against the model on the clean input; not when the layer is a convolution
+  or batch norm), which removes a regional computation per batch norm.
 - Both engines: ``name``, ``reason`` ("" when incremental), ``incremental_nodes`` (graph nodes computed on
   regions), ``clean_output``, ``clean_layer``, ``device``, ``format`` (memory format of the batches),
   ``per_sample_bytes`` (what one variant costs in memory, for ``convlens.perturbation.auto_batch_size``), and
@@ -43,6 +45,7 @@ import torch
 from torch import nn
 
 from convlens.engine.batched import ACTIVATION_COPIES, BatchedEngine, forward_measured, model_output
+from convlens.engine.inference import folded_graph
 from convlens.engine.ops import NotTraceable, trace
 from convlens.engine.regional import MAX_REGION_FRACTION, RegionalEngine
 from convlens.engine.regions import Regions, inside
@@ -52,12 +55,16 @@ Engine = RegionalEngine | BatchedEngine
 
 
 def build_engine(net: nn.Module, inputs: torch.Tensor, regions: Regions, layer: str | None = None,
-                 incremental: bool = True) -> Engine:
+                 incremental: bool = True, fold: bool = True) -> Engine:
     """The regional engine where the model allows it, else the batched one with the reason recorded."""
     if not incremental:
         return BatchedEngine(net, inputs, regions, layer, reason="incremental=False")
     try:
-        return RegionalEngine(net, trace(net, layer), inputs, regions, layer)
+        graph = trace(net, layer)
+        folded = folded_graph(net, graph, inputs, layer) if fold else None
+        if folded is not None:  # batch norms folded into the convolutions: fewer nodes to run on regions
+            return RegionalEngine(folded, folded.graph, inputs, regions, layer)
+        return RegionalEngine(net, graph, inputs, regions, layer)
     except NotTraceable as why:
         return BatchedEngine(net, inputs, regions, layer, reason=str(why))
 

@@ -14,6 +14,8 @@ output replaced by a hook. Build and run inside ``torch.inference_mode()`` and `
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import fx, nn
 
@@ -49,7 +51,8 @@ class SuffixEngine:
     name = "suffix"
     reason = ""
 
-    def __init__(self, net: nn.Module, graph: fx.Graph, inputs: torch.Tensor, layer: str) -> None:
+    def __init__(self, net: nn.Module, graph: fx.Graph, inputs: torch.Tensor, layer: str,
+                 agrees: Callable[[torch.Tensor], bool] | None = None) -> None:
         self.net, self.inputs, self.layer = net, inputs, layer
         self.modules = dict(net.named_modules())
         self.format = preferred_memory_format(inputs.device)
@@ -73,10 +76,13 @@ class SuffixEngine:
         self.suffix = [n for n in nodes if n in downstream and n is not self.layer_node]
         read = {a for n in self.suffix for a in n.all_input_nodes if a not in downstream}
         self.cached, clean_output, self.clean_layer = self._clean_pass(nodes, read, placeholders[0])
-        direct = model_output(net(inputs))
-        if direct.shape != clean_output.shape or not torch.allclose(direct, clean_output, rtol=1e-4, atol=1e-5):
+        if agrees is None:
+            direct = model_output(net(inputs))
+            agrees = lambda output: direct.shape == output.shape and torch.allclose(  # noqa: E731
+                direct, output, rtol=1e-4, atol=1e-5)
+        if not agrees(clean_output):
             raise NotTraceable("the traced graph does not reproduce the model's output on the clean input")
-        self.clean_output = direct
+        self.clean_output = clean_output
         self.last_use = self._last_uses()
         self.suffix_nodes = len(self.suffix) - 1  # without the output node
         self.prefix_nodes = len(nodes) - len(self.suffix) - 2  # without the input and the layer
@@ -209,11 +215,16 @@ class WholeModel:
 Suffix = SuffixEngine | WholeModel
 
 
-def build_suffix(net: nn.Module, inputs: torch.Tensor, layer: str, suffix: bool = True) -> Suffix:
-    """The graph after ``layer`` where the traced model proves it, else the whole model with the reason."""
+def build_suffix(net: nn.Module, inputs: torch.Tensor, layer: str, suffix: bool = True,
+                 agrees: Callable[[torch.Tensor], bool] | None = None) -> Suffix:
+    """The graph after ``layer`` where the traced model proves it, else the whole model with the reason.
+
+    ``agrees(output)``: whether the traced graph's output on ``inputs`` is the model's (a caller that has the
+    model's clean output, or what it reads of it, spares a forward pass); default: compared with ``net(inputs)``.
+    """
     if not suffix:
         return WholeModel(net, inputs, layer, reason="suffix=False")
     try:
-        return SuffixEngine(net, trace(net, layer), inputs, layer)
+        return SuffixEngine(net, trace(net, layer), inputs, layer, agrees)
     except NotTraceable as why:
         return WholeModel(net, inputs, layer, reason=str(why))
