@@ -55,6 +55,12 @@ def check_suffix(model, layer, size, calls=1, min_cached=0):
     scale = expected.abs().max()  # random-init networks' logits can be tiny (mobilenet_v2: 1e-4)
     assert (expected - clean[owners]).abs().max() > 0.01 * scale  # the edits change the output: the check can fail
     torch.testing.assert_close(output / scale, expected / scale, rtol=0, atol=1e-5)
+    # given the layer's clean output (as Ablation-CAM has it), only the cached tensors are computed
+    with preserved_state(model) as net, torch.inference_mode():
+        given = build_suffix(net, inputs, layer, clean_layer=captured[layer])
+        assert isinstance(given, SuffixEngine), given.reason
+        assert {n.name for n in given.cached} == {n.name for n in suffix.cached}
+        torch.testing.assert_close(given.run(copies.clone(), owners) / scale, expected / scale, rtol=0, atol=1e-5)
     return suffix
 
 

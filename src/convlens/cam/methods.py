@@ -223,7 +223,8 @@ class AblationCAM(BaseCAM):
             score = target_scores(data.targets, output).float()
             return bool(torch.allclose(score, data.scores.float(), rtol=1e-4, atol=1e-5))
 
-        suffix = build_suffix(data.module, data.inputs, data.layer, suffix=self.use_suffix, agrees=agrees)
+        suffix = build_suffix(data.module, data.inputs, data.layer, suffix=self.use_suffix, agrees=agrees,
+                              clean_layer=data.activations)
         self.engine = {"engine": suffix.name, "suffix_nodes": suffix.suffix_nodes, "reason": suffix.reason}
         device = data.activations.device
         dtype = suffix.clean_layer.dtype

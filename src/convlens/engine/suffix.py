@@ -52,7 +52,8 @@ class SuffixEngine:
     reason = ""
 
     def __init__(self, net: nn.Module, graph: fx.Graph, inputs: torch.Tensor, layer: str,
-                 agrees: Callable[[torch.Tensor], bool] | None = None) -> None:
+                 agrees: Callable[[torch.Tensor], bool] | None = None,
+                 clean_layer: torch.Tensor | None = None) -> None:
         self.net, self.inputs, self.layer = net, inputs, layer
         self.modules = dict(net.named_modules())
         self.format = preferred_memory_format(inputs.device)
@@ -75,7 +76,18 @@ class SuffixEngine:
             raise NotTraceable(f"the model's output does not depend on layer {layer!r}")
         self.suffix = [n for n in nodes if n in downstream and n is not self.layer_node]
         read = {a for n in self.suffix for a in n.all_input_nodes if a not in downstream}
-        self.cached, clean_output, self.clean_layer = self._clean_pass(nodes, read, placeholders[0])
+        if clean_layer is None:
+            self.cached, clean_output, self.clean_layer = self._clean_pass(nodes, read, placeholders[0])
+        else:  # the layer's output is known: compute only what the suffix reads besides it (skip connections)
+            needed = set(read)
+            for node in reversed(nodes):
+                if node in needed:
+                    needed.update(node.all_input_nodes)
+            self.cached, _, _ = self._clean_pass([n for n in nodes if n in needed], read, placeholders[0])
+            self.clean_layer = clean_layer
+        self.last_use = self._last_uses()
+        if clean_layer is not None:  # the suffix on the model's own layer output: the output proves the graph
+            clean_output = self._run_checked(clean_layer)
         if agrees is None:
             direct = model_output(net(inputs))
             agrees = lambda output: direct.shape == output.shape and torch.allclose(  # noqa: E731
@@ -83,15 +95,16 @@ class SuffixEngine:
         if not agrees(clean_output):
             raise NotTraceable("the traced graph does not reproduce the model's output on the clean input")
         self.clean_output = clean_output
-        self.last_use = self._last_uses()
         self.suffix_nodes = len(self.suffix) - 1  # without the output node
         self.prefix_nodes = len(nodes) - len(self.suffix) - 2  # without the input and the layer
-        self._verify()
+        if clean_layer is None:
+            self._verify()
 
     def _clean_pass(self, nodes: list[fx.Node], read: set[fx.Node], placeholder: fx.Node):
         values: dict[fx.Node, object] = {}
         dependent = {placeholder}
         keep = read | {self.layer_node}
+        output = None
         last: dict[fx.Node, fx.Node] = {}
         for node in nodes:
             for source in node.all_input_nodes:
@@ -118,8 +131,8 @@ class SuffixEngine:
             raise
         except Exception as error:  # noqa: BLE001 - the whole model takes over (and reports any real error)
             raise NotTraceable(f"the traced graph fails to run ({_first_line(error)})") from None
-        layer = values[self.layer_node]
-        if not isinstance(layer, torch.Tensor):
+        layer = values.get(self.layer_node)
+        if output is not None and not isinstance(layer, torch.Tensor):
             raise NotTraceable("the layer's output in the traced graph is not one tensor")
         count = len(self.inputs)
         cached = {}
@@ -143,12 +156,15 @@ class SuffixEngine:
             freed.setdefault(node, []).append(source)
         return freed
 
-    def _verify(self) -> None:
-        """The suffix on the clean layer output must give the clean model output (the graph proves the rest)."""
+    def _run_checked(self, layer_values: torch.Tensor) -> torch.Tensor:
         try:
-            output = self.run(self.clean_layer, torch.arange(len(self.inputs), device=self.inputs.device))
+            return self.run(layer_values, torch.arange(len(self.inputs), device=self.inputs.device))
         except Exception as error:  # noqa: BLE001
             raise NotTraceable(f"the graph after the layer fails to run on its own ({_first_line(error)})") from None
+
+    def _verify(self) -> None:
+        """The suffix on the clean layer output must give the clean model output (the graph proves the rest)."""
+        output = self._run_checked(self.clean_layer)
         if output.shape != self.clean_output.shape or not torch.allclose(output, self.clean_output, rtol=1e-4,
                                                                          atol=1e-5):
             raise NotTraceable("the graph after the layer, fed the clean layer output, does not reproduce the "
@@ -216,15 +232,18 @@ Suffix = SuffixEngine | WholeModel
 
 
 def build_suffix(net: nn.Module, inputs: torch.Tensor, layer: str, suffix: bool = True,
-                 agrees: Callable[[torch.Tensor], bool] | None = None) -> Suffix:
+                 agrees: Callable[[torch.Tensor], bool] | None = None,
+                 clean_layer: torch.Tensor | None = None) -> Suffix:
     """The graph after ``layer`` where the traced model proves it, else the whole model with the reason.
 
     ``agrees(output)``: whether the traced graph's output on ``inputs`` is the model's (a caller that has the
     model's clean output, or what it reads of it, spares a forward pass); default: compared with ``net(inputs)``.
+    ``clean_layer``: the layer's output on ``inputs`` when the caller has it (captured from the model): then only
+    the tensors the suffix reads besides it are computed, and the suffix fed with it must satisfy ``agrees``.
     """
     if not suffix:
         return WholeModel(net, inputs, layer, reason="suffix=False")
     try:
-        return SuffixEngine(net, trace(net, layer), inputs, layer, agrees)
+        return SuffixEngine(net, trace(net, layer), inputs, layer, agrees, clean_layer)
     except NotTraceable as why:
         return WholeModel(net, inputs, layer, reason=str(why))
