@@ -1,0 +1,59 @@
+"""The result of a job on Ray: a preview in the standard output folder, every image in the Parquet shards.
+
+At dataset scale the per-image maps do not fit in one ``arrays.npz``: ``arrays()`` holds the first
+``PREVIEW`` readable images (``input`` and the method's arrays, identical to what the in-process command
+writes for those images; all of them when the folder is that small), ``summary()`` the job, its errors and
+aggregate numbers, and ``OUT/shards/*.parquet`` every image (``read_shards``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from convlens.result import Result
+
+PREVIEW = 64
+
+
+@dataclass(frozen=True)
+class ShardedResult(Result):
+    """``preview``: named arrays of the first images (with ``input`` and ``index``, their place in the list);
+    ``info``: the summary; ``shards``: where the Parquet shards are while the result is being built."""
+
+    preview: dict[str, np.ndarray]
+    info: dict[str, Any]
+    shards: Path
+    draw: Callable[[], Iterator[tuple[str, Any]]] | None = field(default=None, repr=False, compare=False)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return dict(self.preview)
+
+    def summary(self) -> dict[str, Any]:
+        return dict(self.info)
+
+    def figures(self) -> dict:
+        return dict(self.iter_figures())
+
+    def iter_figures(self) -> Iterator[tuple[str, Any]]:
+        if self.draw is not None:
+            yield from self.draw()
+
+
+def column_arrays(table, names: list[str]) -> dict[str, np.ndarray]:
+    """Columns of a shard table (readable rows only) as stacked numpy arrays; a flattened array column is
+    reshaped by its ``NAME.shape`` column."""
+    arrays = {}
+    for name in names:
+        column = table.column(name).combine_chunks()
+        if f"{name}.shape" in table.column_names:
+            shape = tuple(table.column(f"{name}.shape")[0].as_py()) if len(table) else (0,)
+            flat = column.flatten().to_numpy(zero_copy_only=False)
+            arrays[name] = np.asarray(flat).reshape(len(table), *shape)
+        else:
+            arrays[name] = np.asarray(column.to_numpy(zero_copy_only=False))
+    return arrays

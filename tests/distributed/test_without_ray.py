@@ -1,0 +1,34 @@
+"""Without the extra, ``--ray`` says in one line which extra to install; in-process needs no Ray at all."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from convlens.distributed import INSTALL_HINT, RayOptions, connect
+from convlens.errors import ConvlensError
+
+
+def test_missing_ray_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # what an environment without the package looks like
+    with pytest.raises(ConvlensError) as error:
+        connect(RayOptions("local"))
+    assert str(error.value) == INSTALL_HINT and "convlens[ray]" in INSTALL_HINT and "\n" not in INSTALL_HINT
+
+
+def test_cli_without_ray_is_one_line(monkeypatch, tmp_path, capsys):
+    from convlens.cli import main
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    (tmp_path / "a.png").write_bytes(b"")
+    with pytest.raises(SystemExit) as exit_code:
+        main(["cam", "baseline", str(tmp_path), "--out", str(tmp_path / "out"), "--ray", "local",
+              "--device", "cpu"])
+    assert exit_code.value.code == 2
+    assert capsys.readouterr().err.strip() == f"error: {INSTALL_HINT}"
+
+
+def test_workers_must_be_positive():
+    with pytest.raises(ConvlensError, match="--workers"):
+        RayOptions("local", workers=0)
