@@ -57,3 +57,36 @@ def column_arrays(table, names: list[str]) -> dict[str, np.ndarray]:
         else:
             arrays[name] = np.asarray(column.to_numpy(zero_copy_only=False))
     return arrays
+
+
+@dataclass(frozen=True)
+class OnRay(Result):
+    """A method's own result (``TopKResult``...) computed on Ray: its arrays and figures unchanged, its summary
+    with how the job ran (``ray``), the images that could not be read (``unreadable``) and the total time."""
+
+    inner: Result
+    ray: dict[str, Any]
+    unreadable: list[dict[str, str]]
+    compute_seconds: float
+
+    def __getattr__(self, name: str):  # the inner result's fields (``values``, ``images``...) read through
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    @property
+    def command(self) -> str:  # type: ignore[override]
+        return self.inner.command
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return self.inner.arrays()
+
+    def summary(self) -> dict[str, Any]:
+        return {**self.inner.summary(), "ray": self.ray, "unreadable": self.unreadable,
+                "compute_seconds": self.compute_seconds}
+
+    def figures(self) -> dict:
+        return self.inner.figures()
+
+    def iter_figures(self) -> Iterator[tuple[str, Any]]:
+        return self.inner.iter_figures()

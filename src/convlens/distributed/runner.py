@@ -94,7 +94,8 @@ class ModelWorker:
 
             inputs = torch.stack(tensors).to(self.model.device)
             columns = self.job.process(self.model, inputs, indices[good])
-        table = {"index": pa.array(indices), "path": pa.array(paths), "error": pa.array(errors)}
+        table = {"index": pa.array(indices), "path": pa.array(paths), "error": pa.array(errors),
+                 "worker_peak_mb": pa.array([peak_memory_mb()] * len(paths), type=pa.float32())}
         for name, values in columns.items():
             table[name] = spread(values, good, len(paths))
             first = values[0] if len(values) else None
@@ -102,6 +103,13 @@ class ModelWorker:
                 table[f"{name}.shape"] = spread([np.asarray(v.shape, dtype=np.int64) for v in values], good,
                                                 len(paths))
         return pa.table(table)
+
+
+def peak_memory_mb() -> float:
+    """This process's peak resident memory so far (the actor's: model, batch, method)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def spread(values, rows: list[int], count: int):
@@ -136,11 +144,13 @@ def run_job(job: Job, model: ImageClassifier, paths: Sequence[str | Path], out: 
         seconds = time.perf_counter() - start
     finally:
         disconnect(started)
-    run = RunRecord(paths, store, collect_errors(store, plan), compute_seconds=seconds, ray={
+    errors, peak = collect_errors(store, plan)
+    run = RunRecord(paths, store, errors, compute_seconds=seconds, ray={
         "address": options.address, "workers": options.workers, "gpus_per_worker": options.gpus_per_worker,
         "cpus_per_worker": options.cpus_per_worker, "shards": plan.shards, "shard_size": plan.shard_size,
         "shards_done_before": len(done_before), "images_computed": len(pending), "batch_size": batch_size,
-        "images_per_second": round(len(pending) / seconds, 3) if pending and seconds > 0 else None})
+        "images_per_second": round(len(pending) / seconds, 3) if pending and seconds > 0 else None,
+        "worker_peak_memory_mb": round(peak, 1)})
     result = job.finish(model, run)
     result.save(out)
     store.move_into(Path(out))
@@ -184,14 +194,16 @@ def _images_done(results, plan: ShardPlan, store: ShardStore, job: Job, waiting:
             yield index
 
 
-def collect_errors(store: ShardStore, plan: ShardPlan) -> list[dict[str, str]]:
+def collect_errors(store: ShardStore, plan: ShardPlan) -> tuple[list[dict[str, str]], float]:
+    """Every unreadable image (path and reason) in image order, and the largest worker peak memory (MB)."""
     import pyarrow.parquet as pq
 
-    errors = []
+    errors, peak = [], 0.0
     for shard in range(plan.shards):
-        table = pq.read_table(store.path(shard), columns=["path", "error"]).to_pylist()
+        table = pq.read_table(store.path(shard), columns=["path", "error", "worker_peak_mb"]).to_pylist()
         errors += [{"path": row["path"], "error": row["error"]} for row in table if row["error"]]
-    return errors
+        peak = max([peak] + [row["worker_peak_mb"] or 0.0 for row in table])
+    return errors, peak
 
 
 def model_key(model: ImageClassifier) -> str:
