@@ -38,6 +38,8 @@ RayOpt = Annotated[str | None, typer.Option(
     "joins a cluster (needs convlens[ray]). Per-image results go to OUT/shards/*.parquet.")]
 RayWorkersOpt = Annotated[int, typer.Option("--workers", help="With --ray: model workers (actors), each loading "
                                                               "the model once.")]
+WorkersOrRayOpt = Annotated[int, typer.Option("--workers", help="Image-decoding worker processes (0: in process); "
+                                                                "with --ray: model workers (actors, at least 1).")]
 GpusPerWorkerOpt = Annotated[float, typer.Option("--gpus-per-worker", help="With --ray: GPUs per worker "
                                                                            "(fractions share a GPU).")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="With --ray: keep the shards an interrupted run of the "

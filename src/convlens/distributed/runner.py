@@ -5,8 +5,8 @@
 1. the model is packaged once (``transfer.package_model``) and every actor rebuilds it once, in ``__init__``
    of the callable class ``ModelWorker`` that ``map_batches`` runs (``concurrency=workers``, ``num_gpus=``
    ``gpus_per_worker``);
-2. ``ray.data.from_items`` of the images not yet in a finished shard (``index``, ``path``) streams through the
-   actors in batches; an actor decodes its batch (an unreadable file becomes a row with its ``error``, the rest
+2. ``ray.data.from_items`` of the images not yet in a finished shard, one item per model batch (``first``
+   index, ``paths``), streams through the actors; an actor decodes its batch (an unreadable file becomes a row with its ``error``, the rest
    of the batch goes on) and the job's adapter computes per-image columns (``job.process``);
 3. the driver takes the rows as they stream back, draws the progress bar, and writes a shard's Parquet file as
    soon as all of its images are in (``job.reduce_shard`` may shrink it first, e.g. to a top-k table);
@@ -74,13 +74,21 @@ class ModelWorker:
         self.job = job
 
     def __call__(self, batch: dict[str, np.ndarray]):
+        """``batch``: rows of ``first`` (the index of the row's first image) and ``paths`` (one model batch)."""
         import pyarrow as pa
+
+        tables = [self.explain(int(first), [str(p) for p in paths])
+                  for first, paths in zip(batch["first"], batch["paths"], strict=True)]
+        return pa.concat_tables(tables, promote_options="permissive")
+
+    def explain(self, first: int, paths: list[str]):
+        import pyarrow as pa
+        import torch
 
         from convlens.data.images import load_image
         from convlens.errors import ConvlensError
 
-        indices = np.asarray(batch["index"], dtype=np.int64)
-        paths = [str(p) for p in batch["path"]]
+        indices = np.arange(first, first + len(paths), dtype=np.int64)
         tensors, good, errors = [], [], [""] * len(paths)
         for row, path in enumerate(paths):
             try:
@@ -90,16 +98,14 @@ class ModelWorker:
                 errors[row] = str(exc)
         columns: dict[str, Any] = {}
         if good:
-            import torch
-
             inputs = torch.stack(tensors).to(self.model.device)
             columns = self.job.process(self.model, inputs, indices[good])
         table = {"index": pa.array(indices), "path": pa.array(paths), "error": pa.array(errors),
                  "worker_peak_mb": pa.array([peak_memory_mb()] * len(paths), type=pa.float32())}
         for name, values in columns.items():
             table[name] = spread(values, good, len(paths))
-            first = values[0] if len(values) else None
-            if isinstance(first, np.ndarray) and first.ndim > 0:  # the shape beside each flattened array
+            first_value = values[0] if len(values) else None
+            if isinstance(first_value, np.ndarray) and first_value.ndim > 0:  # the shape beside each flat array
                 table[f"{name}.shape"] = spread([np.asarray(v.shape, dtype=np.int64) for v in values], good,
                                                 len(paths))
         return pa.table(table)
@@ -130,7 +136,9 @@ def run_job(job: Job, model: ImageClassifier, paths: Sequence[str | Path], out: 
     as they finish; at the end the result of ``job.finish`` is saved to ``out`` and the shards move into
     ``out/shards``. Returns the result."""
     paths = [Path(p) for p in paths]
-    plan = ShardPlan(len(paths), max(1, shard_size))
+    # Shards hold whole batches, and batches start where the in-process run's start: every image then meets the
+    # same batch neighbours as in-process, so even the last bits of the numbers agree.
+    plan = ShardPlan(len(paths), batch_size * max(1, -(-shard_size // batch_size)))
     store = ShardStore(out, {"command": job.name, **job.describe(), "model": model_key(model),
                              "paths": [str(p) for p in paths], "batch_size": batch_size}, plan, resume)
     done_before = store.done()
@@ -163,12 +171,13 @@ def _stream(job: Job, model: ImageClassifier, paths: list[Path], pending: list[i
     ray = import_ray()
     package = package_model(model)
     device = "cuda" if options.gpus_per_worker > 0 else "cpu"
-    items = [{"index": i, "path": str(paths[i])} for i in pending]
-    dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // batch_size + 1,
-                                                                       4 * options.workers * 8)))
+    # One item per model batch (``batch_size`` consecutive images); Ray Data hands an actor one item per call.
+    items = [{"first": pending[start], "paths": [str(paths[i]) for i in pending[start:start + batch_size]]}
+             for start in range(0, len(pending), batch_size)]
+    dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 8 * options.workers)))
     results = dataset.map_batches(
         ModelWorker, fn_constructor_args=(package, job, device, int(options.cpus_per_worker)),
-        batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=options.workers),
+        batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=options.workers),
         num_gpus=options.gpus_per_worker or None, num_cpus=options.cpus_per_worker)
     skipped = f" ({len(done_before)} of {plan.shards} shards done before)" if done_before else ""
     waiting: dict[int, dict[int, Any]] = {}  # shard -> image index -> one-row table
