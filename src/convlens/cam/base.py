@@ -15,19 +15,21 @@ map (``_layer_map``) are computed from one layer's ``LayerData``. Everything els
 
 from __future__ import annotations
 
+import time
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from convlens.cam.result import CAMResult, ImageInfo
 from convlens.errors import ConvlensError
 from convlens.hooks import first_tensor, forward_hooks, hand_on_copy, preserved_state, resolve_layer
 from convlens.models.classifier import ImageClassifier, ImagesLike, as_batch, as_module
+from convlens.progress import ProgressLike, track
 from convlens.targets import (
     ClassTarget,
     Target,
@@ -36,55 +38,6 @@ from convlens.targets import (
     resolve_output_targets,
     target_scores,
 )
-
-
-@dataclass(frozen=True)
-class CAMResult:
-    """What one call of a CAM method returns (tensors on the CPU, float32).
-
-    ``raw``: one ``N x h x w`` map per layer at the layer's resolution, after the method's ReLU and before any
-    normalisation or resizing. ``maps``: ``N x H x W`` at the input's resolution, scaled to [0, 1] per image
-    (with several layers: each layer's map scaled and upsampled, averaged, scaled again).
-    """
-
-    method: str
-    layers: tuple[str, ...]
-    raw: tuple[torch.Tensor, ...]
-    maps: torch.Tensor
-    targets: tuple[int | None, ...]  # class index per image; None where the target is a callable
-    predicted: tuple[int | None, ...]  # top class per image; None when the model output is not one tensor
-    scores: torch.Tensor  # each image's target score on the unmodified input
-    logits: torch.Tensor | None = None  # N x classes, when the model output is one tensor
-
-    @property
-    def cam_raw(self) -> torch.Tensor:
-        """The raw map of the only layer (``raw[0]``); with several layers use ``raw``."""
-        if len(self.raw) != 1:
-            raise ConvlensError(f"{len(self.raw)} layers were explained; use .raw (one map per layer)")
-        return self.raw[0]
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        """The result as named arrays (what ``save`` writes): ``cam``, ``cam_raw`` (``cam_raw.LAYER`` per layer
-        when there are several), ``target`` and ``predicted`` (-1 where unknown) and ``score``."""
-        arrays = {"cam": self.maps.numpy()}
-        if len(self.layers) == 1:
-            arrays["cam_raw"] = self.raw[0].numpy()
-        else:
-            arrays.update({f"cam_raw.{layer}": raw.numpy() for layer, raw in zip(self.layers, self.raw,
-                                                                                   strict=True)})
-        arrays["target"] = np.array([-1 if t is None else t for t in self.targets], dtype=np.int64)
-        arrays["predicted"] = np.array([-1 if p is None else p for p in self.predicted], dtype=np.int64)
-        arrays["score"] = self.scores.numpy()
-        return arrays
-
-    def save(self, path: str | Path) -> Path:
-        """Write ``arrays()`` to ``path`` (``.npz``); returns the path written."""
-        path = Path(path)
-        if path.suffix != ".npz":
-            path = path.with_name(path.name + ".npz")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(path, **self.arrays())
-        return path
 
 
 @dataclass
@@ -99,6 +52,7 @@ class LayerData:
     scores: torch.Tensor  # n target scores on the unmodified inputs
     module: nn.Module  # the model (in eval mode), for methods that run more forward passes
     calls: int = 1  # how often the layer ran in one forward pass (the last call is the one explained)
+    first_image: int = 0  # index of the chunk's first image in the whole call (for messages)
 
 
 @dataclass
@@ -128,7 +82,8 @@ class BaseCAM:
     extra_passes: ClassVar[bool] = False  # one forward pass per channel: the progress bar counts those
 
     def __init__(self, model: ImageClassifier | nn.Module, layer: str | Sequence[str] | None = None, *,
-                 batch_size: int = 32, progress: bool = False, input_size: tuple[int, int] | None = None) -> None:
+                 batch_size: int = 32, progress: ProgressLike = False,
+                 input_size: tuple[int, int] | None = None) -> None:
         if batch_size < 1:
             raise ConvlensError(f"batch_size must be at least 1, got {batch_size}")
         self.model = model
@@ -176,19 +131,29 @@ class BaseCAM:
         inputs = self._inputs(images)
         specs = per_image_specs(targets, len(inputs))
         chunks: list[_Chunk] = []
+        self._notes: list[str] = []
+        start_time = time.perf_counter()
         with preserved_state(self.module) as module:
             starts = range(0, len(inputs), self.batch_size)
             images_bar = self._track(starts, len(starts), f"{self.title}: images") if not self.extra_passes else starts
             for start in images_bar:
                 stop = start + self.batch_size
                 chunk_specs = specs[start:stop]
-                chunks.append(self._explain(module, inputs[start:stop], chunk_specs))
-        return self._result(chunks, inputs.shape[-2:])
+                chunks.append(self._explain(module, inputs[start:stop], chunk_specs, start))
+        if inputs.is_cuda:
+            torch.cuda.synchronize(inputs.device)
+        seconds = time.perf_counter() - start_time
+        return self._result(chunks, inputs, seconds, targets)
+
+    def _note(self, message: str) -> None:
+        """Something the user must know about this call's numbers: warned once, and kept in the result."""
+        self._notes.append(message)
+        warnings.warn(message, CAMWarning, stacklevel=4)
 
     def _inputs(self, images: ImagesLike) -> torch.Tensor:
         return as_batch(self.model, images)
 
-    def _explain(self, module: nn.Module, inputs: torch.Tensor, specs) -> _Chunk:
+    def _explain(self, module: nn.Module, inputs: torch.Tensor, specs, first_image: int = 0) -> _Chunk:
         if self.uses_gradients:
             activations, gradients, calls, output, targets, scores = _forward_with_gradients(
                 self.model, module, self.layers, inputs, specs)
@@ -199,15 +164,15 @@ class BaseCAM:
         raw = []
         for layer in self.layers:
             data = LayerData(layer, activations[layer].float(), gradients.get(layer), inputs, targets, scores,
-                             module, calls[layer])
+                             module, calls[layer], first_image)
             with torch.inference_mode():
                 layer_map = self._layer_map(data).float()
                 raw.append(F.relu(layer_map) if self.relu else layer_map)
         return _Chunk(raw, targets, scores, output)
 
-    def _result(self, chunks: list[_Chunk], size: torch.Size) -> CAMResult:
+    def _result(self, chunks: list[_Chunk], inputs: torch.Tensor, seconds: float, spec) -> CAMResult:
         raw = tuple(torch.cat([chunk.raw[i] for chunk in chunks]).cpu() for i in range(len(self.layers)))
-        maps = fuse_maps(raw, tuple(size))
+        maps = fuse_maps(raw, tuple(inputs.shape[-2:]))
         targets = [t for chunk in chunks for t in chunk.targets]
         outputs = [chunk.output for chunk in chunks]
         logits = torch.cat([o.detach().float().cpu() for o in outputs]) if all(
@@ -215,14 +180,45 @@ class BaseCAM:
         predicted = tuple(int(i) for i in logits.argmax(1)) if logits is not None else (None,) * len(targets)
         indices = tuple(t.index if isinstance(t, ClassTarget) else None for t in targets)
         scores = torch.cat([chunk.scores for chunk in chunks]).float().cpu()
-        return CAMResult(self.name, tuple(self.layers), raw, maps, indices, predicted, scores, logits)
+        return CAMResult(self.name, tuple(self.layers), raw, maps, indices, predicted, scores, logits,
+                         input=inputs.detach().cpu(), title=self.title or self.name, info=self._info(spec),
+                         compute_seconds=seconds, notes=tuple(self._notes))
+
+    def _info(self, spec) -> ImageInfo:
+        if isinstance(self.model, ImageClassifier):
+            return ImageInfo(tuple(self.model.class_names), self.model.preprocessing, self.model.describe(),
+                             target_spec=_spec_text(spec))
+        return ImageInfo(model={"class": type(self.module).__name__}, target_spec=_spec_text(spec))
 
     def _track(self, items: Iterable, total: int, description: str) -> Iterator:
-        if not self.progress:
-            return iter(items)
-        from convlens.cli.common import track
+        return track(items, total, description, self.progress)
 
-        return track(items, total, description)
+
+class CAMWarning(UserWarning):
+    """A CAM whose numbers need a word of caution (shown once per call by ``warnings``)."""
+
+
+def _spec_text(spec) -> str:
+    if spec is None:
+        return "predicted"
+    if isinstance(spec, (list, tuple)):
+        return ", ".join(_spec_text(item) for item in spec)
+    if callable(spec) and not isinstance(spec, (int, str)):
+        return getattr(spec, "__name__", type(spec).__name__)
+    return str(spec)
+
+
+# --- the registry -------------------------------------------------------------------------------------------
+METHODS: dict[str, type[BaseCAM]] = {}  # CLI name -> class, in the order registered
+
+
+def register(method: type[BaseCAM]) -> type[BaseCAM]:
+    """Class decorator: make ``method`` available by its ``name`` (``convlens.cam(method=NAME)``, the CLI's
+    ``--method`` and the method table of docs/cam.md)."""
+    if not method.name or method.name in METHODS:
+        raise ValueError(f"CAM method {method.__name__} needs a unique name, got {method.name!r}")
+    METHODS[method.name] = method
+    return method
 
 
 # --- maps ----------------------------------------------------------------------------------------------------

@@ -13,9 +13,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from convlens.cam.base import BaseCAM, LayerData
+from convlens.cam.base import METHODS, BaseCAM, LayerData, register
 from convlens.errors import ConvlensError
-from convlens.hooks import forward_hooks, preserved_state, replace_in_output
+from convlens.hooks import (
+    first_tensor,
+    forward_hooks,
+    module_device,
+    preserved_state,
+    replace_in_output,
+    resolve_layer,
+)
 from convlens.models.classifier import ImageClassifier
 from convlens.models.loading import preferred_memory_format
 from convlens.targets import ClassTarget, target_scores
@@ -26,6 +33,7 @@ XGRADCAM_EPS = 1e-7
 SCORECAM_MASK_EPS = 1e-8
 
 
+@register
 class CAM(BaseCAM):
     """CAM (Zhou et al. 2016): ``sum_c w[target, c] A_c`` with ``w`` the weights of the final linear layer.
 
@@ -54,6 +62,7 @@ class CAM(BaseCAM):
         return self.classifier.weight.detach()[rows].float().to(data.activations.device)
 
 
+@register
 class GradCAM(BaseCAM):
     """Grad-CAM (Selvaraju et al. 2017): ``w_c = mean_ij G_cij``."""
 
@@ -65,6 +74,7 @@ class GradCAM(BaseCAM):
         return data.gradients.float().mean(dim=(2, 3))
 
 
+@register
 class GradCAMPlusPlus(BaseCAM):
     """Grad-CAM++ (Chattopadhyay et al. 2018, eq. 19 with the exponential-score shortcut):
     ``a_cij = G^2 / (2 G^2 + sum_ij(A_c) G^3)`` (0 where ``G = 0``), ``w_c = sum_ij a_cij relu(G_cij)``."""
@@ -82,6 +92,7 @@ class GradCAMPlusPlus(BaseCAM):
         return (alpha * gradients.clamp_min(0)).sum(dim=(2, 3))
 
 
+@register
 class XGradCAM(BaseCAM):
     """XGrad-CAM (Fu et al. 2020): ``w_c = sum_ij G_cij A_cij / sum_ij A_cij``."""
 
@@ -94,6 +105,7 @@ class XGradCAM(BaseCAM):
         return (data.gradients.float() * data.activations / (sums + XGRADCAM_EPS)).sum(dim=(2, 3))
 
 
+@register
 class LayerCAM(BaseCAM):
     """Layer-CAM (Jiang et al. 2021): a weight per position, ``sum_c relu(G_cij) A_cij``."""
 
@@ -105,6 +117,7 @@ class LayerCAM(BaseCAM):
         return (data.gradients.float().clamp_min(0) * data.activations).sum(dim=1)
 
 
+@register
 class EigenCAM(BaseCAM):
     """Eigen-CAM (Muhammad & Yeasin 2020): the activations (positions x channels, each channel centred)
     projected on their first principal component. Class-agnostic: the target does not change the map.
@@ -130,6 +143,7 @@ class EigenCAM(BaseCAM):
         return (projection * sign[:, None]).view(n, h, w).float()
 
 
+@register
 class ScoreCAM(BaseCAM):
     """Score-CAM (Wang et al. 2020) as pytorch-grad-cam computes it: each channel, upsampled to the input
     (bilinear, corners aligned) and scaled to [0, 1], masks the input; the target scores of the masked inputs,
@@ -175,6 +189,7 @@ class ScoreCAM(BaseCAM):
         return torch.cat(scores)
 
 
+@register
 class AblationCAM(BaseCAM):
     """Ablation-CAM (Desai & Ramaswamy 2020): ``w_c = (y - y_c) / y`` with ``y_c`` the target score when channel
     ``c`` of the layer is set to zero. Ablated copies run ``batch_size`` at a time, across images.
@@ -206,8 +221,7 @@ class AblationCAM(BaseCAM):
             state["calls"] += 1
             if state["calls"] % data.calls:
                 return None
-            tensor = output[0] if isinstance(output, (tuple, list)) else output
-            return replace_in_output(output, state["batch"].to(tensor.dtype))
+            return replace_in_output(output, state["batch"].to(first_tensor(output, data.layer).dtype))
 
         device = data.activations.device
         scores = []
@@ -274,8 +288,6 @@ def find_cam_head(module: nn.Module, layer: str | None, input_size: Sequence[int
     if layer is None:
         layer = pooled[-1]
     elif layer not in pooled:
-        from convlens.hooks import resolve_layer
-
         resolve_layer(module, layer)
         raise ConvlensError(f"CAM needs the layer that global average pooling reads ({', '.join(pooled)}), "
                             f"not {layer!r}; omit --layer, or use gradcam for other layers")
@@ -300,7 +312,7 @@ def _probe(module: nn.Module, input_size: Sequence[int]) -> dict:
         def hook(mod, args, output):
             if is_linear and args and isinstance(args[0], torch.Tensor) and args[0].ndim == 2:
                 linears[name] = (args[0].detach().clone(), output.detach().clone())
-            tensor = output[0] if isinstance(output, (tuple, list)) else output
+            tensor = output[0] if isinstance(output, (tuple, list)) and output else output
             if isinstance(tensor, torch.Tensor) and tensor.ndim == 4:
                 maps[name] = tensor.detach().clone()
                 if name in order:
@@ -310,7 +322,7 @@ def _probe(module: nn.Module, input_size: Sequence[int]) -> dict:
         return hook
 
     named = [(name, m) for name, m in module.named_modules() if name]
-    device = next(iter(module.parameters()), torch.empty(0)).device
+    device = module_device(module)
     generator = torch.Generator().manual_seed(0)
     image = torch.randn(1, 3, *input_size, generator=generator).to(device)
     hooks = {name: record(name, isinstance(m, nn.Linear)) for name, m in named}
@@ -322,10 +334,6 @@ def _probe(module: nn.Module, input_size: Sequence[int]) -> dict:
             raise ConvlensError(f"probe forward pass at {size} failed ({str(exc).splitlines()[0]}); "
                                 "pass input_size=(H, W) for this model") from None
     return {"output": output, "linears": linears, "maps": maps, "order": order}
-
-
-METHODS: dict[str, type[BaseCAM]] = {method.name: method for method in (
-    CAM, GradCAM, GradCAMPlusPlus, XGradCAM, LayerCAM, ScoreCAM, EigenCAM, AblationCAM)}
 
 
 def cam_method(name: str) -> type[BaseCAM]:
