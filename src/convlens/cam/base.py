@@ -223,12 +223,15 @@ def register(method: type[BaseCAM]) -> type[BaseCAM]:
 
 # --- maps ----------------------------------------------------------------------------------------------------
 def min_max_per_image(maps: torch.Tensor) -> torch.Tensor:
-    """Scale each ``h x w`` map of an ``N x h x w`` stack to [0, 1]; a constant map becomes zeros."""
+    """Scale each ``h x w`` map of an ``N x h x w`` stack to [0, 1]; a constant map becomes zeros, a map with a
+    NaN all NaN."""
     flat = maps.flatten(1)
     low = flat.amin(1, keepdim=True)
     span = flat.amax(1, keepdim=True) - low
     scaled = torch.where(span > 0, (flat - low) / span.clamp_min(torch.finfo(flat.dtype).tiny),
                          torch.zeros_like(flat))
+    # an undefined map (NaN anywhere) stays undefined rather than becoming a clean-looking zero map
+    scaled = torch.where(flat.isnan().any(1, keepdim=True), torch.full_like(flat, float("nan")), scaled)
     return scaled.view_as(maps)
 
 
