@@ -30,10 +30,33 @@ from convlens.cam.methods import (
     explain,
     find_cam_head,
 )
+from convlens.cam.more_methods import (
+    ISCAM,
+    KPCACAM,
+    SSCAM,
+    EigenGradCAM,
+    FinerCAM,
+    FullGrad,
+    GradCAMElementWise,
+    HiResCAM,
+    ShapleyCAM,
+    SmoothGradCAMPlusPlus,
+)
 from convlens.cam.result import CAMComparison, CAMResult, ImageInfo
 from convlens.cam.run import cam
 
 __all__ = [
+    "EigenGradCAM",
+    "FinerCAM",
+    "FullGrad",
+    "GradCAMElementWise",
+    "HiResCAM",
+    "ISCAM",
+    "KPCACAM",
+    "SSCAM",
+    "ShapleyCAM",
+    "SmoothGradCAMPlusPlus",
+
     "CAM",
     "METHODS",
     "AblationCAM",

@@ -53,6 +53,7 @@ class LayerData:
     module: nn.Module  # the model (in eval mode), for methods that run more forward passes
     calls: int = 1  # how often the layer ran in one forward pass (the last call is the one explained)
     first_image: int = 0  # index of the chunk's first image in the whole call (for messages)
+    hessian_vector: torch.Tensor | None = None  # (d G / d A) applied to A, for second-order methods
 
 
 @dataclass
@@ -80,6 +81,8 @@ class BaseCAM:
     uses_gradients: ClassVar[bool] = False
     relu: ClassVar[bool] = True  # the method's ReLU on the weighted sum
     extra_passes: ClassVar[bool] = False  # one forward pass per channel: the progress bar counts those
+    second_order: ClassVar[bool] = False  # also the Hessian-vector product (d G / d A) A (Shapley-CAM)
+    cost: ClassVar[str] = ""  # the passes per batch, for the docs' table (default: from the flags above)
 
     def __init__(self, model: ImageClassifier | nn.Module, layer: str | Sequence[str] | None = None, *,
                  batch_size: int = 32, progress: ProgressLike = False,
@@ -115,6 +118,15 @@ class BaseCAM:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(layers={self.layers}, batch_size={self.batch_size})"
+
+    @classmethod
+    def passes(cls) -> str:
+        """The passes through the model per batch, for the docs' table."""
+        if cls.cost:
+            return cls.cost
+        if cls.extra_passes:
+            return "1 + one per channel (or distinct mask) and sample"
+        return "forward + backward" if cls.uses_gradients else "1 forward"
 
     # --- the per-method part -------------------------------------------------------------------------------
     def _weights(self, data: LayerData) -> torch.Tensor:
@@ -155,20 +167,24 @@ class BaseCAM:
 
     def _explain(self, module: nn.Module, inputs: torch.Tensor, specs, first_image: int = 0) -> _Chunk:
         if self.uses_gradients:
-            activations, gradients, calls, output, targets, scores = _forward_with_gradients(
-                self.model, module, self.layers, inputs, specs)
+            activations, gradients, hvps, calls, output, targets, scores = _forward_with_gradients(
+                self.model, module, self.layers, inputs, specs, self._adapt_targets, self.second_order)
         else:
-            activations, calls, output, targets, scores = _forward_capturing(self.model, module, self.layers,
-                                                                             inputs, specs)
-            gradients = {}
+            activations, calls, output, targets, scores = _forward_capturing(
+                self.model, module, self.layers, inputs, specs, self._adapt_targets)
+            gradients, hvps = {}, {}
         raw = []
         for layer in self.layers:
             data = LayerData(layer, activations[layer].float(), gradients.get(layer), inputs, targets, scores,
-                             module, calls[layer], first_image)
+                             module, calls[layer], first_image, hvps.get(layer))
             with torch.inference_mode():
                 layer_map = self._layer_map(data).float()
                 raw.append(F.relu(layer_map) if self.relu else layer_map)
         return _Chunk(raw, targets, scores, output)
+
+    def _adapt_targets(self, targets: list[Target], output) -> list[Target]:
+        """The targets a method explains, from those resolved on the model output (Finer-CAM's contrast)."""
+        return targets
 
     def _result(self, chunks: list[_Chunk], inputs: torch.Tensor, seconds: float, spec) -> CAMResult:
         raw = tuple(torch.cat([chunk.raw[i] for chunk in chunks]).cpu() for i in range(len(self.layers)))
@@ -178,7 +194,7 @@ class BaseCAM:
         logits = torch.cat([o.detach().float().cpu() for o in outputs]) if all(
             isinstance(o, torch.Tensor) and o.ndim == 2 for o in outputs) else None
         predicted = tuple(int(i) for i in logits.argmax(1)) if logits is not None else (None,) * len(targets)
-        indices = tuple(t.index if isinstance(t, ClassTarget) else None for t in targets)
+        indices = tuple(explained_class(t) for t in targets)
         scores = torch.cat([chunk.scores for chunk in chunks]).float().cpu()
         return CAMResult(self.name, tuple(self.layers), raw, maps, indices, predicted, scores, logits,
                          input=inputs.detach().cpu(), title=self.title or self.name, info=self._info(spec),
@@ -192,6 +208,14 @@ class BaseCAM:
 
     def _track(self, items: Iterable, total: int, description: str) -> Iterator:
         return track(items, total, description, self.progress)
+
+
+def explained_class(target: Target) -> int | None:
+    """The class a target explains: a ``ClassTarget``'s index, or the ``explained_class`` a custom target
+    declares (Finer-CAM's contrast still explains one class); None for other callables."""
+    if isinstance(target, ClassTarget):
+        return target.index
+    return getattr(target, "explained_class", None)
 
 
 class CAMWarning(UserWarning):
@@ -219,6 +243,17 @@ def register(method: type[BaseCAM]) -> type[BaseCAM]:
         raise ValueError(f"CAM method {method.__name__} needs a unique name, got {method.name!r}")
     METHODS[method.name] = method
     return method
+
+
+def method_table() -> str:
+    """The markdown table of docs/cam.md, one row per registered method: CLI name, class, what it computes (the
+    first paragraph of its docstring) and the passes it runs. A test keeps docs/cam.md equal to it."""
+    rows = ["| CLI name | class | what it computes | passes |", "|---|---|---|---|"]
+    for name, method in METHODS.items():
+        doc = " ".join((method.__doc__ or "").strip().split("\n\n")[0].split())
+        doc = doc.replace("``", "`").replace("|", "\\|")
+        rows.append(f"| `{name}` | `{method.__name__}` | {doc} | {method.passes()} |")
+    return "\n".join(rows)
 
 
 # --- maps ----------------------------------------------------------------------------------------------------
@@ -273,7 +308,8 @@ def _check_ran(store: dict, layers: Sequence[str]) -> None:
         raise ConvlensError(f"layer {missing[0]!r} did not run in the forward pass; choose another layer")
 
 
-def _forward_capturing(model, module: nn.Module, layers: Sequence[str], inputs: torch.Tensor, specs):
+def _forward_capturing(model, module: nn.Module, layers: Sequence[str], inputs: torch.Tensor, specs,
+                       adapt=lambda targets, output: targets):
     """One inference-mode forward pass capturing the layers' outputs; targets resolved on its output."""
     store: dict[str, torch.Tensor] = {}
     calls: dict[str, int] = {}
@@ -281,35 +317,45 @@ def _forward_capturing(model, module: nn.Module, layers: Sequence[str], inputs: 
     with forward_hooks(module, hooks), torch.inference_mode():
         output = module(inputs)
     _check_ran(store, layers)
-    targets = resolve_output_targets(model, specs, output)
+    targets = adapt(resolve_output_targets(model, specs, output), output)
     with torch.inference_mode():
         scores = target_scores(targets, output)
     return store, calls, output, targets, scores
 
 
-def _forward_with_gradients(model, module: nn.Module, layers: Sequence[str], inputs: torch.Tensor, specs):
+def _forward_with_gradients(model, module: nn.Module, layers: Sequence[str], inputs: torch.Tensor, specs,
+                            adapt=lambda targets, output: targets, second_order: bool = False):
     """Forward pass with the graph starting at the hooked layers, then ``torch.autograd.grad`` of the summed
     target scores with respect to their outputs. Parameters are frozen for the call (restored by the caller's
-    ``preserved_state``), so no parameter gradient is computed and ``.grad`` is never touched."""
+    ``preserved_state``), so no parameter gradient is computed and ``.grad`` is never touched.
+    ``second_order``: also ``(d G / d A) A``, the Hessian of the score applied to the activations."""
     for parameter in module.parameters():
         parameter.requires_grad_(False)
     store: dict[str, torch.Tensor] = {}
     calls: dict[str, int] = {}
+    hvps: dict[str, torch.Tensor] = {}
     with torch.inference_mode(False), torch.enable_grad():
         with forward_hooks(module, {name: _storing_hook(name, store, True, calls) for name in layers}):
             output = module(inputs)
         _check_ran(store, layers)
-        targets = resolve_output_targets(model, specs, output)
+        targets = adapt(resolve_output_targets(model, specs, output), output)
         scores = target_scores(targets, output)
         captured = [store[layer] for layer in layers]
         if not scores.requires_grad:
             raise ConvlensError(f"the target scores do not depend on layer {layers[0]!r}; choose another layer "
                                 "or a target computed from the model output")
-        gradients = torch.autograd.grad(scores.sum(), captured, allow_unused=True)
-    for layer, gradient in zip(layers, gradients, strict=True):
-        if gradient is None:
-            raise ConvlensError(f"the target score does not depend on layer {layer!r}; choose another layer")
+        gradients = torch.autograd.grad(scores.sum(), captured, allow_unused=True, create_graph=second_order)
+        for layer, gradient in zip(layers, gradients, strict=True):
+            if gradient is None:
+                raise ConvlensError(f"the target score does not depend on layer {layer!r}; choose another layer")
+        if second_order:
+            for layer, tensor, gradient in zip(layers, captured, gradients, strict=True):
+                (hvp,) = torch.autograd.grad(gradient, tensor, grad_outputs=tensor.detach(), retain_graph=True,
+                                             allow_unused=True) if gradient.requires_grad else (None,)
+                hvps[layer] = torch.zeros_like(tensor) if hvp is None else hvp.detach()
+    gradients = [gradient.detach() for gradient in gradients]
     activations = {layer: tensor.detach() for layer, tensor in zip(layers, captured, strict=True)}
     if isinstance(output, torch.Tensor):
         output = output.detach()
-    return activations, dict(zip(layers, gradients, strict=True)), calls, output, targets, scores.detach()
+    return (activations, dict(zip(layers, gradients, strict=True)), hvps, calls, output, targets,
+            scores.detach())

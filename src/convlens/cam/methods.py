@@ -44,6 +44,7 @@ class CAM(BaseCAM):
 
     name = "cam"
     title = "CAM"
+    cost = "1 forward (+ 1 probe when the extractor is made)"
     relu = False
 
     def _resolve_layers(self, layer):
@@ -133,18 +134,28 @@ class EigenCAM(BaseCAM):
     title = "Eigen-CAM"
 
     def _layer_map(self, data: LayerData) -> torch.Tensor:
-        activations = data.activations.double()
-        n, _, h, w = activations.shape
-        positions = activations.flatten(2).transpose(1, 2)  # n x hw x C
-        centred = positions - positions.mean(dim=1, keepdim=True)
-        _, _, vh = torch.linalg.svd(centred, full_matrices=False)
-        projection = (centred @ vh[:, 0, :, None])[..., 0]  # n x hw
-        # orientation: towards the positive part of the layer (what a following ReLU passes on); on a layer
-        # without a ReLU the plain channel sum is dominated by negative responses and can point away
-        total = activations.clamp_min(0).sum(dim=1).flatten(1)
-        agreement = (projection * (total - total.mean(dim=1, keepdim=True))).sum(dim=1)
-        sign = torch.where(agreement < 0, -1.0, 1.0).to(projection.dtype)
-        return (projection * sign[:, None]).view(n, h, w).float()
+        return principal_map(data.activations)
+
+
+def principal_map(values: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
+    """The ``n x C x h x w`` values (positions x channels, each channel centred) projected on their first
+    principal component, oriented towards ``reference`` (default: the values' positive part; see EigenCAM)."""
+    values = values.double()
+    n, _, h, w = values.shape
+    positions = values.flatten(2).transpose(1, 2)  # n x hw x C
+    centred = positions - positions.mean(dim=1, keepdim=True)
+    _, _, vh = torch.linalg.svd(centred, full_matrices=False)
+    projection = (centred @ vh[:, 0, :, None])[..., 0]  # n x hw
+    return orient(projection, values if reference is None else reference).view(n, h, w).float()
+
+
+def orient(projection: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """``n x hw`` projections with their arbitrary signs chosen so that each correlates positively with the
+    channel sum of the ``reference``'s positive part (what a following ReLU passes on); on a layer without a
+    ReLU the plain channel sum is dominated by negative responses and can point away from the object."""
+    total = reference.double().clamp_min(0).sum(dim=1).flatten(1)
+    agreement = (projection * (total - total.mean(dim=1, keepdim=True))).sum(dim=1)
+    return projection * torch.where(agreement < 0, -1.0, 1.0).to(projection.dtype)[:, None]
 
 
 @register
@@ -160,6 +171,7 @@ class ScoreCAM(BaseCAM):
 
     name = "scorecam"
     title = "Score-CAM"
+    cost = "1 + one forward per distinct mask"
     extra_passes = True
 
     def _weights(self, data: LayerData) -> torch.Tensor:
@@ -214,6 +226,7 @@ class AblationCAM(BaseCAM):
 
     name = "ablationcam"
     title = "Ablation-CAM"
+    cost = "1 + one forward per non-zero channel"
     extra_passes = True
 
     def _weights(self, data: LayerData) -> torch.Tensor:
