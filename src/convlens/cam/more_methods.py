@@ -27,7 +27,7 @@ from convlens.cam.base import (
 )
 from convlens.cam.methods import GradCAM, orient, principal_map
 from convlens.errors import ConvlensError
-from convlens.hooks import forward_hooks, hand_on_copy
+from convlens.hooks import forward_hooks, forward_pre_hooks, hand_on_copy
 from convlens.models.loading import preferred_memory_format
 from convlens.targets import ClassTarget, Target, target_scores
 
@@ -185,8 +185,10 @@ class FullGrad(BaseCAM):
     """FullGrad (Srinivas & Fleuret 2019) as pytorch-grad-cam computes it: ``|dS/dx * x|`` plus, for every
     Conv2d and BatchNorm2d with a bias, ``|b * dS/dz|`` at its output ``z`` (batch norm's effective bias
     ``b - mean * weight / sqrt(var + eps)``); each channel scaled to [0, 1] (``(m - min) / (max - min + 1e-7)``)
-    and resized to the input, all summed. ``layer`` is ignored: the map is the whole network's, at the input's
-    resolution (``cam_raw`` is ``N x H x W``; its layer is called ``input``)."""
+    and resized to the input, all summed. Subclasses count too: for timm's ``BatchNormAct2d`` the bias term is
+    taken at the input of its activation (pytorch-grad-cam matches exact types and skips them). ``layer`` is
+    ignored: the map is the whole network's, at the input's resolution (``cam_raw`` is ``N x H x W``; its
+    layer is called ``input``)."""
 
     name = "fullgrad"
     title = "FullGrad"
@@ -196,7 +198,7 @@ class FullGrad(BaseCAM):
 
     def _resolve_layers(self, layer) -> list[str]:
         self.bias_layers = [name for name, module in self.module.named_modules()
-                            if type(module) in (nn.Conv2d, nn.BatchNorm2d) and module.bias is not None]
+                            if isinstance(module, (nn.Conv2d, nn.BatchNorm2d)) and module.bias is not None]
         if not self.bias_layers:
             raise ConvlensError("FullGrad needs Conv2d or BatchNorm2d layers with a bias; use gradcam")
         return ["input"]
@@ -215,9 +217,21 @@ class FullGrad(BaseCAM):
 
             return hook
 
+        def keep_input(name):
+            def hook(mod, args):
+                outputs[name] = args[0]
+                return (args[0].clone(), *args[1:])
+
+            return hook
+
+        # timm's BatchNormAct2d applies its activation inside: the bias acts on the input of its ``act``
+        fused = {f"{name}.act": name for name in self.bias_layers
+                 if isinstance(getattr(module.get_submodule(name), "act", None), nn.Module)}
+        plain = [name for name in self.bias_layers if f"{name}.act" not in fused]
         with torch.inference_mode(False), torch.enable_grad():
             image = inputs.detach().clone().requires_grad_()
-            with forward_hooks(module, {name: keep(name) for name in self.bias_layers}):
+            with forward_hooks(module, {name: keep(name) for name in plain}), \
+                    forward_pre_hooks(module, {act: keep_input(name) for act, name in fused.items()}):
                 output = module(image)
             targets = resolve_output_targets(self.model, specs, output)
             scores = target_scores(targets, output)
