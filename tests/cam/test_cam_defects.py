@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -156,3 +158,31 @@ def test_ablationcam_ablates_to_zero_on_layers_with_negative_values():
             weights.append((original - score(ablated)) / original)
         by_hand = torch.relu((torch.stack(weights)[:, None, None] * activations[0]).sum(0))
     torch.testing.assert_close(result.cam_raw[0], by_hand, atol=1e-5, rtol=1e-4)
+
+
+def test_cli_prints_the_zero_score_warning_on_one_line(tmp_path):
+    from conftest import make_image
+    from typer.testing import CliRunner
+
+    from convlens.cli import app
+    from convlens.models import Preprocessing, save_checkpoint
+    from convlens.models.zoo import replace_head
+
+    torch.manual_seed(0)
+    module = replace_head(torchvision.models.resnet18(), 3)
+    with torch.no_grad():
+        module.fc.weight[2] = 0
+        module.fc.bias[2] = 0  # class "c" always scores exactly 0
+    preprocessing = Preprocessing(crop=(64, 64), resize=None, squash=True)
+    save_checkpoint(tmp_path / "run" / "best", module, {"architecture": "torchvision:resnet18",
+                                                        "class_names": ["a", "b", "c"],
+                                                        "preprocessing": preprocessing.to_dict()})
+    image = make_image(tmp_path / "x.png", size=(64, 64))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["cam", str(tmp_path / "run"), str(image), "--method", "ablationcam",
+                                      "--layer", "layer1", "--target", "c", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("warning:")]
+    assert len(lines) == 1 and "score of class 2 on image 0 is exactly 0" in lines[0]
+    assert json.loads((out / "summary.json").read_text())["notes"][0].startswith("Ablation-CAM: the score")
+    assert np.isnan(np.load(out / "arrays.npz")["cam"]).all()

@@ -32,12 +32,22 @@ def cam_command(
     """Where the model finds evidence for a class: CAMs overlaid on each image (default method gradcam, default
     layer the last conv layer with spatial extent; CAM finds its own). A folder with class subfolders gives a
     grid with true and predicted labels. Several --layer values are fused."""
-    from convlens.cam import cam, cam_method
+    import warnings
+
+    from convlens.cam import CAMWarning, cam, cam_method
+    from convlens.cli.common import console
 
     names = method or ["gradcam"]
     for name in names:
         cam_method(name)  # unknown names fail before the model loads
     classifier = open_model(model, weights, device)
-    result = cam(classifier, images, method=names, layer=layer or None, target=target or "predicted",
-                 batch_size=batch_size, limit=limit, progress=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CAMWarning)
+        result = cam(classifier, images, method=names, layer=layer or None, target=target or "predicted",
+                     batch_size=batch_size, limit=limit, progress=True)
+    for warning in caught:  # one line each (also in summary.json's notes)
+        if issubclass(warning.category, CAMWarning):
+            console.print(f"warning: {warning.message}", markup=False, highlight=False)
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     done(result.save(out))
