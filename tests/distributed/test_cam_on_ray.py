@@ -9,10 +9,9 @@ import threading
 import numpy as np
 import pytest
 
-from convlens.cam.run import run_cam
+import convlens
 from convlens.distributed import cam_on_ray, read_shards
 from convlens.distributed.shards import partial_folder
-
 
 
 def good_images(folder):
@@ -21,11 +20,11 @@ def good_images(folder):
     return [p for p in list_images(folder) if not p.name.startswith("broken")]
 
 
-COMPARED = ("input", "cam", "cam_raw", "predicted", "target", "probability")
+COMPARED = ("input", "cam", "cam_raw", "predicted", "target", "score", "probability")
 
 
 def in_process(model, paths, out, method="gradcam", batch_size=4):
-    run_cam(model, paths, out, [method], batch_size=batch_size, limit=0)
+    convlens.cam(model, paths, method=method, batch_size=batch_size).save(out)
     return dict(np.load(out / "arrays.npz"))
 
 
@@ -58,7 +57,8 @@ def test_gradcam_on_two_workers_equals_in_process_and_reports_the_unreadable(
     summary = json.loads((tmp_path / "ray" / "summary.json").read_text())
     assert [e["path"] for e in summary["unreadable"]] == [str(folder_with_broken / "cats" / "broken.png")]
     assert "not an image" in summary["unreadable"][0]["error"]
-    assert summary["images_explained"] == 22 and summary["inputs"] == 23
+    assert summary["images_explained"] == 22 and summary["inputs_total"] == 23
+    assert (tmp_path / "ray" / "grid.png").is_file()  # the in-process figure, drawn from the shards
     assert summary["ray"]["workers"] == 2 and summary["ray"]["shards"] == 3  # 8 + 8 + 7 images
 
     # every image is in the shards, in order, the broken one with its error and no map
@@ -75,8 +75,6 @@ def test_gradcam_on_two_workers_equals_in_process_and_reports_the_unreadable(
 def test_scorecam_from_an_in_memory_model(ray_instance, tmp_path, image_folder):
     """A model that exists only in memory reaches the actors as a checkpoint in Ray's object store."""
     import torch
-
-    import convlens
 
     torch.manual_seed(11)
     model = convlens.load_model("baseline:32:2", device="cpu")

@@ -1,16 +1,14 @@
-"""The result of a job on Ray: a preview in the standard output folder, every image in the Parquet shards.
+"""The result of a job on Ray: the method's own result, with how the job ran added to its summary.
 
-At dataset scale the per-image maps do not fit in one ``arrays.npz``: ``arrays()`` holds the first
-``PREVIEW`` readable images (``input`` and the method's arrays, identical to what the in-process command
-writes for those images; all of them when the folder is that small), ``summary()`` the job, its errors and
-aggregate numbers, and ``OUT/shards/*.parquet`` every image (``read_shards``).
+Where the per-image results do not fit in one ``arrays.npz`` (folder CAM: a map per image), the method's result
+covers the first ``PREVIEW`` readable images (identical to what the in-process command writes for them; all of
+them when the folder is that small) and ``OUT/shards/*.parquet`` holds every image (``read_shards``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,30 +16,6 @@ import numpy as np
 from convlens.result import Result
 
 PREVIEW = 64
-
-
-@dataclass(frozen=True)
-class ShardedResult(Result):
-    """``preview``: named arrays of the first images (with ``input`` and ``index``, their place in the list);
-    ``info``: the summary; ``shards``: where the Parquet shards are while the result is being built."""
-
-    preview: dict[str, np.ndarray]
-    info: dict[str, Any]
-    shards: Path
-    draw: Callable[[], Iterator[tuple[str, Any]]] | None = field(default=None, repr=False, compare=False)
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        return dict(self.preview)
-
-    def summary(self) -> dict[str, Any]:
-        return dict(self.info)
-
-    def figures(self) -> dict:
-        return dict(self.iter_figures())
-
-    def iter_figures(self) -> Iterator[tuple[str, Any]]:
-        if self.draw is not None:
-            yield from self.draw()
 
 
 def column_arrays(table, names: list[str]) -> dict[str, np.ndarray]:
@@ -68,6 +42,7 @@ class OnRay(Result):
     ray: dict[str, Any]
     unreadable: list[dict[str, str]]
     compute_seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)  # the job's own totals (images explained, accuracy)
 
     def __getattr__(self, name: str):  # the inner result's fields (``values``, ``images``...) read through
         if name == "inner":
@@ -82,7 +57,7 @@ class OnRay(Result):
         return self.inner.arrays()
 
     def summary(self) -> dict[str, Any]:
-        return {**self.inner.summary(), "ray": self.ray, "unreadable": self.unreadable,
+        return {**self.inner.summary(), **self.extra, "ray": self.ray, "unreadable": self.unreadable,
                 "compute_seconds": self.compute_seconds}
 
     def figures(self) -> dict:

@@ -6,10 +6,11 @@
    of the callable class ``ModelWorker`` that ``map_batches`` runs (``concurrency=workers``, ``num_gpus=``
    ``gpus_per_worker``);
 2. ``ray.data.from_items`` of the images not yet in a finished shard, one item per model batch (``first``
-   index, ``paths``), streams through the actors; an actor decodes its batch (an unreadable file becomes a row with its ``error``, the rest
-   of the batch goes on) and the job's adapter computes per-image columns (``job.process``);
+   index, ``paths``), streams through the actors; an actor decodes its batch (an unreadable file becomes a row
+   with its ``error``, the rest of the batch goes on) and the job's adapter computes per-image columns
+   (``job.process``);
 3. the driver takes the rows as they stream back, draws the progress bar, and writes a shard's Parquet file as
-   soon as all of its images are in (``job.reduce_shard`` may shrink it first, e.g. to a top-k table);
+   soon as all of its images are in (``job.reduce_shard`` may reshape it first);
 4. ``job.finish`` builds the method's result from the shards.
 
 Ray Data restarts an actor that dies and retries its batch (``max_restarts=-1``, ``max_task_retries=-1``, its
