@@ -87,17 +87,17 @@ def _topk_cases(label: str, model, paths: list[Path], layer: str, batch_size: in
 
 
 def _cam_cases(model, paths: list[Path], batch_size: int, repetitions: int, scratch: Scratch) -> list[BenchCase]:
-    from convlens.cam.run import run_cam
+    import convlens
     from convlens.distributed import cam_on_ray
 
     def local():
-        return run_cam(model, paths, scratch.out(), ["gradcam"], batch_size=batch_size, limit=0)
+        return convlens.cam(model, paths, method="gradcam", batch_size=batch_size).save(scratch.out())
 
     def on_ray(workers: int):
         return lambda: cam_on_ray(model, paths, scratch.out(), method="gradcam", batch_size=batch_size,
                                   workers=workers, shard_size=256)
 
-    note = f"{len(paths)} images, Grad-CAM at relu3, batch {batch_size}, maps in shards"
+    note = f"{len(paths)} images, Grad-CAM at the default layer (conv3), batch {batch_size}, maps in shards"
     return [
         BenchCase("scale gradcam baseline 32 leaf: Ray 1 worker", on_ray(1), local, "in-process cam",
                   max_ratio=RAY_1, note=note, repetitions=repetitions),
