@@ -27,9 +27,9 @@ def column_arrays(table, names: list[str]) -> dict[str, np.ndarray]:
         if f"{name}.shape" in table.column_names:
             shape = tuple(table.column(f"{name}.shape")[0].as_py()) if len(table) else (0,)
             flat = column.flatten().to_numpy(zero_copy_only=False)
-            arrays[name] = np.asarray(flat).reshape(len(table), *shape)
+            arrays[name] = np.array(flat).reshape(len(table), *shape)  # a writable copy (torch wants one)
         else:
-            arrays[name] = np.asarray(column.to_numpy(zero_copy_only=False))
+            arrays[name] = np.array(column.to_numpy(zero_copy_only=False))
     return arrays
 
 
