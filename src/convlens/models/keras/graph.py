@@ -219,7 +219,7 @@ class Builder:
     # ---- graph --------------------------------------------------------------------------------------------
     def _build_model(self, spec: ModelSpec, path: tuple[str, ...], prefix: str, inputs: list[Value],
                      final: set[int]) -> tuple[KerasGraph, list[Value]]:
-        graph = KerasGraph(spec.name, [key(r) for r in spec.inputs], [key(r) for r in spec.outputs])
+        graph = KerasGraph(spec.name, [key(r) for r in spec.inputs], [key(r) for r in spec.outputs]).eval()
         env = {key(ref): value for ref, value in zip(spec.inputs, inputs, strict=True)}
         final_keys = {key(spec.outputs[i]) for i in final}
         taken = {_module_name(e.name) for e in spec.entries}
@@ -294,7 +294,7 @@ class Builder:
         main = converted.module if converted.module is not None else (act_module or nn.Identity())
         if converted.module is None:
             act_module = None
-        graph.add_module(main_name, main)
+        graph.add_module(main_name, main.eval())
         for name, tensor in converted.state.items():
             self.state[f"{prefix}{main_name}.{name}"] = tensor
         names = [main_name]
@@ -306,7 +306,7 @@ class Builder:
         if act_module is not None:
             act_name = _free_name(f"{main_name}_{activation if isinstance(activation, str) else 'activation'}",
                                   taken)
-            graph.add_module(act_name, act_module)
+            graph.add_module(act_name, act_module.eval())
             names.append(act_name)
         if converted.flattened is not None:
             self._flattened[(id(graph), main_name)] = converted.flattened

@@ -74,7 +74,8 @@ def _pair(value) -> tuple[int, int]:
 
 
 def _tensor(array: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    # A strided view is fine: load_state_dict copies it into the parameter (faster than a numpy copy).
+    return torch.from_numpy(np.asarray(array, dtype=np.float32))
 
 
 def _spatial_input(layer: Layer, value: Value) -> int:
@@ -180,8 +181,9 @@ def convert_batchnorm(layer: Layer, inputs: list[Value], ctx) -> Converted:
     scale, center = config.get("scale", True), config.get("center", True)
     wanted = scale * [("gamma", (channels,))] + center * [("beta", (channels,))]
     arrays = ctx.weights(layer, wanted + [("moving_mean", (channels,)), ("moving_variance", (channels,))])
-    gamma = _tensor(arrays[0]) if scale else torch.ones(channels)
-    beta = _tensor(arrays[int(scale)]) if center else torch.zeros(channels)
+    # State tensors live on the CPU (converters run under the meta device, which factories would follow).
+    gamma = _tensor(arrays[0]) if scale else torch.ones(channels, device="cpu")
+    beta = _tensor(arrays[int(scale)]) if center else torch.zeros(channels, device="cpu")
     norm = (nn.BatchNorm2d if value.rank == 4 else nn.BatchNorm1d)(channels, eps=float(config.get("epsilon", 1e-3)))
     state = {"weight": gamma, "bias": beta, "running_mean": _tensor(arrays[-2]), "running_var": _tensor(arrays[-1])}
     return Converted(norm, state)
@@ -322,7 +324,7 @@ def convert_dropout(layer: Layer, inputs: list[Value], ctx) -> Converted:
 
 
 def _per_channel(values, value: Value, layer: Layer) -> torch.Tensor:
-    tensor = torch.as_tensor(np.asarray(values, dtype=np.float32).reshape(-1))
+    tensor = torch.from_numpy(np.asarray(values, dtype=np.float32).reshape(-1))
     channels = value.tensor.shape[1]
     if tensor.numel() not in (1, channels):
         raise ConvlensError(f"layer {layer.name} ({layer.class_name}): {tensor.numel()} values for {channels} "
@@ -333,7 +335,7 @@ def _per_channel(values, value: Value, layer: Layer) -> torch.Tensor:
 def convert_rescaling(layer: Layer, inputs: list[Value], ctx) -> Converted:
     scale = _per_channel(layer.config.get("scale", 1.0), inputs[0], layer)
     offset = _per_channel(layer.config.get("offset", 0.0), inputs[0], layer)
-    return Converted(km.Affine(scale.clone(), offset.clone()), {"scale": scale, "offset": offset},
+    return Converted(km.Affine(scale.to("meta"), offset.to("meta")), {"scale": scale, "offset": offset},
                      flattened=inputs[0].flattened)
 
 
@@ -354,7 +356,7 @@ def convert_normalization(layer: Layer, inputs: list[Value], ctx) -> Converted:
     mean = _per_channel(mean, value, layer)
     std = torch.clamp(torch.sqrt(_per_channel(variance, value, layer)), min=1e-7)
     scale, offset = (std, mean) if config.get("invert") else (1.0 / std, -mean / std)
-    return Converted(km.Affine(scale.clone(), offset.clone()), {"scale": scale, "offset": offset})
+    return Converted(km.Affine(scale.to("meta"), offset.to("meta")), {"scale": scale, "offset": offset})
 
 
 CONVERTERS = {
