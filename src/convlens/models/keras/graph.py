@@ -380,8 +380,10 @@ def _check_allowed(entry: Entry) -> None:
     if entry.class_name in CODE_LAYERS:
         raise ConvlensError(f"layer {entry.name} is a {entry.class_name} layer: loading it would run Python code "
                             "stored in the model file, which convlens refuses; rebuild the model without it")
+    # Keras 3 records where a class comes from: built-ins live in ``keras.*``; registered custom classes are
+    # named ``package>Class``.
     custom_module = entry.module is not None and not entry.module.startswith("keras")
-    if entry.registered_name is not None or custom_module:
+    if custom_module or ">" in (entry.registered_name or ""):
         raise ConvlensError(f"layer {entry.name} is a custom object ({entry.registered_name or entry.class_name}, "
                             f"module {entry.module}): loading it would run code from the model file, which "
                             "convlens refuses")
