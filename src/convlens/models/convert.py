@@ -1,6 +1,7 @@
 """``convlens.convert(model, out)``: any loadable model as a convlens checkpoint (safetensors + JSON).
 
-The folder holds ``model.safetensors`` and ``model.json`` (class names, preprocessing, and how to rebuild the
+Keras models, the built-in architectures and convlens checkpoints convert; ONNX models do not yet (see
+``checkpoint_metadata``). The folder holds ``model.safetensors`` and ``model.json`` (class names, preprocessing, and how to rebuild the
 module: for a Keras model its architecture config, rebuilt by convlens's own converter, so the checkpoint loads
 with neither Keras nor h5py installed), plus the usual ``arrays.npz`` (a probe ``input`` and the converted
 model's ``logits`` on it) and ``summary.json``. Before the folder is put in place the checkpoint is loaded back
@@ -52,6 +53,10 @@ def convert(model: ImageClassifier | str | Path, out: str | Path, weights: str |
 
 def checkpoint_metadata(model: ImageClassifier) -> dict:
     """What ``load_model`` needs to rebuild ``model`` from its weights."""
+    if model.architecture == "onnx":
+        # onnx2torch's modules cannot be rebuilt without onnx2torch (which needs onnx): not a standalone file yet.
+        raise ConvlensError("convert does not write ONNX models yet (their onnx2torch modules need the onnx package "
+                            "to rebuild); load them directly with onnx:PATH")
     if model.architecture == "custom":
         raise ConvlensError("convert needs a model loaded by convlens.load_model (a bare module has no recipe "
                             "to rebuild it); save its state_dict and load it with torchvision:/timm: instead")

@@ -190,10 +190,6 @@ def build_architecture(architecture: str, num_classes: int, img_size: int | None
         from convlens.models.keras import build_from_config
 
         return build_from_config(**build_kwargs)
-    if architecture == "onnx":
-        from convlens.models.onnx import build_from_checkpoint
-
-        return build_from_checkpoint(**build_kwargs)
     if architecture == "baseline":
         return BaselineCNN(num_classes, img_size or 32)
     if architecture == DEFAULT_SPEC:
