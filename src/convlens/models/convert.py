@@ -1,11 +1,12 @@
 """``convlens.convert(model, out)``: any loadable model as a convlens checkpoint (safetensors + JSON).
 
 Keras models, the built-in architectures and convlens checkpoints convert; ONNX models do not yet (see
-``checkpoint_metadata``). The folder holds ``model.safetensors`` and ``model.json`` (class names, preprocessing, and how to rebuild the
-module: for a Keras model its architecture config, rebuilt by convlens's own converter, so the checkpoint loads
-with neither Keras nor h5py installed), plus the usual ``arrays.npz`` (a probe ``input`` and the converted
-model's ``logits`` on it) and ``summary.json``. Before the folder is put in place the checkpoint is loaded back
-and its logits compared with the converted model's; ``summary.json`` records the difference.
+``checkpoint_metadata``). The folder holds ``model.safetensors`` and ``model.json`` (class names,
+preprocessing, and how to rebuild the module: for a Keras model its architecture config, rebuilt by convlens's
+own converter, so the checkpoint loads with neither Keras nor h5py installed), plus the usual ``arrays.npz``
+(a probe ``input`` and the converted model's ``logits`` on it) and ``summary.json``. Before the folder is put
+in place the checkpoint is loaded back and its logits compared with the converted model's; ``summary.json``
+records the difference.
 """
 
 from __future__ import annotations

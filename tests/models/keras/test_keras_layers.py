@@ -166,7 +166,8 @@ def test_nested_models_keep_their_layer_names(keras, tmp_path):
     for path in _save_both(model, tmp_path):
         classifier = convlens.load_model(f"keras:{path}", device="cpu")
         names = dict(classifier.module.named_modules())
-        assert {"base.base_conv", "base.base_bn", "base.base_relu", "head.head_conv", "head.head_conv_relu"} <= set(names)
+        expected_names = {"base.base_conv", "base.base_bn", "base.base_relu", "head.head_conv", "head.head_conv_relu"}
+        assert expected_names <= set(names)
         np.testing.assert_allclose(converted_probabilities(classifier, images), expected, atol=1e-4)
         np.testing.assert_allclose(converted_activation(classifier, "base.base_relu", images), inner, atol=1e-4)
 
