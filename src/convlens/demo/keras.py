@@ -42,8 +42,8 @@ def section(context: DemoContext) -> DemoSection:
     data = shared_data()
     if data is None:
         return DemoSection(title, "Skipped: the leaf data (../shared/data/leaf-keras and leaf/) is not here.")
-    from convlens.featuremaps import run_featuremaps
-    from convlens.filters import run_filters
+    from convlens.featuremaps import feature_maps
+    from convlens.filters import filters
 
     model = load_leaf_keras(data, device=str(context.model.device))
     images = [data / "leaf" / "validation" / name for name in NEW_VALIDATION_IMAGES]
@@ -51,8 +51,8 @@ def section(context: DemoContext) -> DemoSection:
     if not images:
         return DemoSection(title, "Skipped: the leaf validation images are not here.")
     base = context.out / "keras-leaf"
-    folders = [run_filters(model, ["conv2d_35"], base / "filters"),
-               run_featuremaps(model, images[-1], FEATURE_LAYERS, base / "featuremaps", order="activation")]
+    folders = [filters(model, "conv2d_35").save(base / "filters"),
+               feature_maps(model, images[-1], FEATURE_LAYERS, progress=context.progress).save(base / "featuremaps")]
     figures = [str(path.relative_to(context.out)) for folder in folders for path in _pngs(folder)[:2]]
     figures.append(str(_gradcam_figure(model, images, base / "gradcam.png").relative_to(context.out)))
     spec = "keras:baseline_CNN30.json --weights baseline_CNN_weight30.h5 --classes leaf/train"

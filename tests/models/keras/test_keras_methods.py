@@ -85,11 +85,11 @@ def state(keras_cnn):
 
 
 def test_filters_are_the_keras_kernels(keras_cnn, state, tmp_path):
-    from convlens.filters import kernels, run_filters
+    from convlens.filters import filters, kernels
 
     kernel = keras_cnn[1].get_layer("conv1").get_weights()[0]  # kh, kw, in, out
     np.testing.assert_array_equal(kernels(state, "conv1").numpy(), kernel.transpose(3, 2, 0, 1))
-    run_filters(state, ["conv1", "conv2"], out=tmp_path / "filters")
+    filters(state, ["conv1", "conv2"]).save(tmp_path / "filters")
     assert (tmp_path / "filters" / "summary.json").exists()
 
 
@@ -97,12 +97,12 @@ def test_feature_maps(keras_cnn, state):
     from convlens.featuremaps import feature_maps
 
     classifier, model, images = keras_cnn
-    maps = feature_maps(state, images[0], ["relu2"])
+    result = feature_maps(state, images[0], ["relu2"])
     inputs = classifier.prepare(images[:1]).permute(0, 2, 3, 1).numpy()
     import keras
 
     expected = keras.Model(model.inputs, model.get_layer("relu2").output).predict(inputs, verbose=0)
-    np.testing.assert_allclose(maps["relu2"].permute(0, 2, 3, 1).numpy(), expected, atol=1e-4)
+    np.testing.assert_allclose(result.activations["relu2"].permute(0, 2, 3, 1).numpy(), expected, atol=1e-4)
 
 
 @pytest.mark.parametrize("rule", ["deconvnet", "guided", "gradient"])
