@@ -116,3 +116,18 @@ def test_missing_extra_names_it(monkeypatch, tmp_path, capsys):
     path.write_bytes(b"x")
     err = convert_fails([f"keras:{path}"], tmp_path, capsys)
     assert "convlens[import]" in err
+
+
+def test_config_the_converter_cannot_read(tmp_path, capsys):
+    arch = tmp_path / "odd.json"
+    arch.write_text(json.dumps({"class_name": "Sequential", "config": {"name": "s", "layers": [
+        {"class_name": "Conv2D", "config": {"name": "c", "batch_input_shape": [None, 8, 8, 3], "nb_filter": 4}}]}}))
+    weights = tmp_path / "w.h5"
+    import h5py
+
+    with h5py.File(weights, "w") as h5:
+        h5.attrs["layer_names"] = [b"c"]
+        h5.create_group("c").attrs["weight_names"] = [b"c/kernel:0"]
+        h5["c"].create_dataset("c/kernel:0", data=[[[[0.0] * 4] * 3] * 3] * 3)
+    err = convert_fails([f"keras:{arch}", "--weights", str(weights)], tmp_path, capsys)
+    assert "layer c (Conv2D)" in err and "not one the Keras converter reads" in err

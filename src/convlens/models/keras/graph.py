@@ -184,7 +184,11 @@ class Builder:
         self._flattened: dict[tuple[int, str], tuple[int, int, int]] = {}
 
     def build(self) -> KerasGraph:
-        spec = model_spec(self.file.config["class_name"], self.file.config["config"])
+        try:
+            spec = model_spec(self.file.config["class_name"], self.file.config["config"])
+        except (KeyError, TypeError, IndexError) as exc:
+            raise ConvlensError(f"{self.file.source}: not a model config the Keras converter reads "
+                                f"({exc.__class__.__name__}: {exc})") from None
         if len(spec.outputs) != 1:
             raise ConvlensError(f"{self.file.source}: the model has {len(spec.outputs)} outputs; convlens explains "
                                 "classifiers with one output")
@@ -285,7 +289,11 @@ class Builder:
         self._spec = spec
         layer = Layer(entry.name, entry.class_name, entry.config, path + (entry.name,), is_output)
         with torch.device("meta"):
-            converted: Converted = converter(layer, values, self)
+            try:
+                converted: Converted = converter(layer, values, self)
+            except (KeyError, TypeError, ValueError, IndexError) as exc:  # a config this converter cannot read
+                raise ConvlensError(f"layer {entry.name} ({entry.class_name}): its config is not one the Keras "
+                                    f"converter reads ({exc.__class__.__name__}: {exc})") from None
             activation = converted.activation
             act_module = None
             if not (is_output and activation == "softmax"):
