@@ -14,6 +14,7 @@ COMMAND_MODULES = [
     "convlens.cli.cam",
     "convlens.cli.convert",
     "convlens.cli.demo",
+    "convlens.cli.featureviz",
     "convlens.cli.sensitivity",
     "convlens.cli.train",
     "convlens.cli.visualize",
