@@ -55,9 +55,9 @@ def section(context: DemoContext) -> DemoSection:
                feature_maps(model, images[-1], FEATURE_LAYERS, progress=context.progress).save(base / "featuremaps")]
     figures = [str(path.relative_to(context.out)) for folder in folders for path in _pngs(folder)[:2]]
     figures.append(str(_gradcam_figure(model, images, base / "gradcam.png").relative_to(context.out)))
-    figures.append(str(_top9_figure(model, data / "leaf" / "train", base / "top9.png").relative_to(context.out)))
-    occluded = _occlusion(model, images[-1], base / "occlusion")
-    figures += [str(path.relative_to(context.out)) for path in _pngs(occluded)[:1]]
+    for folder in (_top9(model, data / "leaf" / "train", base / "top9"), _occlusion(model, images[-1],
+                                                                                        base / "occlusion")):
+        figures += [str(path.relative_to(context.out)) for path in _pngs(folder)[:1]]
     spec = "keras:baseline_CNN30.json --weights baseline_CNN_weight30.h5 --classes leaf/train"
     text = (f"`convlens layers {spec}` lists the Keras layer names (each fused ReLU is its own module, "
             "`conv2d_35_relu`); the converted module's probabilities equal Keras's on every leaf image. Its 64 "
@@ -72,22 +72,16 @@ def section(context: DemoContext) -> DemoSection:
 TOP9_UNITS = [0, 1, 2, 3, 4, 5, 6, 7]
 
 
-def _top9_figure(model, folder: Path, target: Path) -> Path:
-    from convlens.topk import top_activations, top_examples, top_examples_figure
+def _top9(model, folder: Path, out: Path) -> Path:
+    from convlens.zeiler import top_activations
 
-    top = top_activations(model, folder, CAM_LAYER, units=TOP9_UNITS, k=9)
-    figure = top_examples_figure(top_examples(model, top, rule="deconvnet"),
-                                 title=f"{CAM_LAYER}: top-9 training patches and deconvnet projections")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(target, dpi=110, bbox_inches="tight")
-    plt.close(figure)
-    return target
+    return top_activations(model, folder, CAM_LAYER, units=TOP9_UNITS, k=9, rule="deconvnet").save(out)
 
 
 def _occlusion(model, image: Path, out: Path) -> Path:
-    from convlens.occlusion import run_occlusion
+    from convlens.occlusion import occlusion
 
-    return run_occlusion(model, image, out, size=8, stride=2, layer=CAM_LAYER)
+    return occlusion(model, image, window=8, stride=2, layer=CAM_LAYER).save(out)
 
 
 def _pngs(folder: Path) -> list[Path]:

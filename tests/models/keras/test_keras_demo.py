@@ -22,5 +22,5 @@ def test_section_draws_the_leaf_model(shared_data, monkeypatch, tmp_path):
     model = keras_demo.load_leaf_keras(shared_data, device="cpu")
     section = keras_demo.section(DemoContext(model, [], tmp_path, False))
     assert len(section.figures) == 6 and all((tmp_path / figure).is_file() for figure in section.figures)
-    assert {"keras-leaf/gradcam.png", "keras-leaf/top9.png", "keras-leaf/occlusion/occlusion.png"} <= set(
+    assert {"keras-leaf/gradcam.png", "keras-leaf/top9/topk.png", "keras-leaf/occlusion/occlusion.png"} <= set(
         section.figures)

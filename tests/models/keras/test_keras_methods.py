@@ -107,24 +107,25 @@ def test_feature_maps(keras_cnn, state):
 
 @pytest.mark.parametrize("rule", ["deconvnet", "guided", "gradient"])
 def test_deconv_projection(keras_cnn, state, rule):
-    from convlens.deconv import deconv_projection
+    from convlens.zeiler import deconv_projection
 
     projection = deconv_projection(state, state.prepare(keras_cnn[2][:1]), "relu2", unit=0, rule=rule)
     assert projection.shape == (3, SIZE, SIZE) and torch.isfinite(projection).all() and projection.abs().sum() > 0
 
 
 def test_top_activations(keras_cnn, state):
-    from convlens.topk import top_activations
+    from convlens.zeiler import top_activations
 
     found = top_activations(state, keras_cnn[2], "conv1_relu", units=[0, 1], k=2)
     assert found.values.shape[:2] == (2, 2) and (found.values[:, 0] >= found.values[:, 1]).all()
+    assert np.isfinite(found.values).all()
 
 
 def test_occlusion(keras_cnn, state):
     from convlens.occlusion import occlusion
 
     classifier, model, images = keras_cnn
-    result = occlusion(state, images[0], size=8, stride=4)
+    result = occlusion(state, images[0], window=8, stride=4)
     pixels = result.input.permute(0, 2, 3, 1).numpy()
     np.testing.assert_allclose(result.clean_probabilities.numpy(), model.predict(pixels, verbose=0)[0], atol=1e-5)
 
