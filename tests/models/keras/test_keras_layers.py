@@ -118,7 +118,8 @@ def test_sequential_flatten_permutes_dense_weights_and_sigmoid_becomes_two_logit
         np.testing.assert_allclose(converted_probabilities(classifier, images)[:, 1], probability, atol=1e-5)
 
 
-def test_channels_first_model(keras, tmp_path):
+@pytest.mark.parametrize("flatten_format", ["channels_last", "channels_first"])
+def test_channels_first_model(keras, tmp_path, flatten_format):
     layers = keras.layers
     keras.utils.set_random_seed(2)
     model = keras.Sequential([
@@ -127,7 +128,7 @@ def test_channels_first_model(keras, tmp_path):
         layers.BatchNormalization(axis=1),
         layers.MaxPooling2D(2, data_format="channels_first"),
         layers.Conv2D(4, 3, padding="same", data_format="channels_first", activation="relu"),
-        layers.Flatten(),
+        layers.Flatten(data_format=flatten_format),  # channels_first: Keras flattens as H, W, C
         layers.Dense(3, activation="softmax"),
     ])
     randomize(model)

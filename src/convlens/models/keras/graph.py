@@ -252,7 +252,8 @@ class Builder:
                         outs = self._run_meta(graph, names, values)
                 else:
                     if names is None:
-                        is_output = out_keys[0] in final_keys and not path_has_later_calls(entry, index)
+                        # the output softmax is split off a layer called once (a shared one keeps it)
+                        is_output = out_keys[0] in final_keys and len(entry.calls) == 1
                         names = self._add_layer(graph, spec, entry, values, path, prefix, is_output, taken)
                     outs = self._run_meta(graph, names, values)
                     outs[0].flattened = self._flattened.get((id(graph), names[0]))
@@ -368,11 +369,6 @@ class Builder:
                 elif consumer.class_name != "Dense":
                     return False
         return True
-
-
-def path_has_later_calls(entry: Entry, index: int) -> bool:
-    """A layer called more than once keeps its activation (only a single-call output layer is split)."""
-    return len(entry.calls) > 1
 
 
 def _free_name(name: str, taken: set[str]) -> str:

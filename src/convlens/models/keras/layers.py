@@ -296,12 +296,17 @@ def convert_merge(layer: Layer, inputs: list[Value], ctx) -> Converted:
 
 
 def convert_flatten(layer: Layer, inputs: list[Value], ctx) -> Converted:
+    """Keras flattens a channels-last tensor as H, W, C (also a channels-first one under a Flatten with
+    ``data_format="channels_first"``, which moves channels last first); torch's NCHW flattens as C, H, W."""
     value = inputs[0]
-    order_changes = value.rank == 4 and (value.layout == "cl") == (layer.config.get("data_format") != "channels_first")
-    if not order_changes:
+    if value.rank != 4:
         return Converted(nn.Flatten())
-    if value.layout != "cl":
-        raise ConvlensError(f"layer {layer.name} (Flatten, channels_first) on a channels_first tensor: unsupported")
+    flatten_first = layer.config.get("data_format") == "channels_first"
+    if value.layout == "cf" and not flatten_first:
+        return Converted(nn.Flatten())
+    if value.layout == "cl" and flatten_first:
+        raise ConvlensError(f"layer {layer.name} (Flatten, channels_first) on a channels_last tensor is not "
+                            "supported")
     if ctx.feeds_dense_only(layer):
         channels, height, width = value.tensor.shape[1:]
         return Converted(nn.Flatten(), flattened=(channels, height, width))
