@@ -79,7 +79,8 @@ class TopKJob:
         start = time.perf_counter()
         result = topk_result(model, run.paths, table, rule=self.rule, batch_size=self.projection_batch_size,
                              scan_batch_size=self.scan_batch_size, source=self.source)
-        return OnRay(result, run.ray, run.errors, run.compute_seconds + time.perf_counter() - start)
+        return OnRay(result, run.ray, run.errors, run.compute_seconds + time.perf_counter() - start,
+                     {"images_scanned": len(run.paths) - len(run.errors)})
 
 
 def _probe(model: ImageClassifier, layer: str):
