@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-ray = pytest.importorskip("ray", reason="the convlens[ray] extra is not installed")
-
 
 @pytest.fixture(scope="session")
 def ray_instance(tmp_path_factory):
+    """Skips where the convlens[ray] extra is not installed (test_without_ray.py runs everywhere)."""
     import tempfile
+
+    ray = pytest.importorskip("ray", reason="the convlens[ray] extra is not installed")
 
     from convlens.distributed.cluster import quiet_ray_data
 

@@ -32,3 +32,14 @@ def test_cli_without_ray_is_one_line(monkeypatch, tmp_path, capsys):
 def test_workers_must_be_positive():
     with pytest.raises(ConvlensError, match="--workers"):
         RayOptions("local", workers=0)
+
+
+def test_a_users_folder_at_out_fails_before_any_work(tmp_path, checkpoint_model, image_folder):
+    from convlens.distributed import cam_on_ray
+
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    with pytest.raises(ConvlensError, match="not a convlens output folder"):
+        cam_on_ray(checkpoint_model, [image_folder], out)
+    assert (out / "notes.txt").read_text() == "keep me" and not (tmp_path / "mine.partial").exists()

@@ -32,6 +32,7 @@ from convlens.distributed.cluster import RayOptions, connect, disconnect, import
 from convlens.distributed.shards import ShardPlan, ShardStore
 from convlens.distributed.transfer import ModelPackage, package_model
 from convlens.models.classifier import ImageClassifier
+from convlens.output import _check_replaceable as check_replaceable
 from convlens.progress import ProgressLike, track
 
 
@@ -136,6 +137,7 @@ def run_job(job: Job, model: ImageClassifier, paths: Sequence[str | Path], out: 
     """Run ``job`` over ``paths`` on Ray (see the module doc) and write ``out``: shards go to ``OUT.partial``
     as they finish; at the end the result of ``job.finish`` is saved to ``out`` and the shards move into
     ``out/shards``. Returns the result."""
+    check_replaceable(Path(out))  # a user's folder at --out fails now, not after the whole job
     paths = [Path(p) for p in paths]
     # Shards hold whole batches, and batches start where the in-process run's start: every image then meets the
     # same batch neighbours as in-process, so even the last bits of the numbers agree.
