@@ -55,5 +55,6 @@ def test_untraceable_model_falls_back_and_says_why():
     torch.manual_seed(0)
     model = DataDependent().eval()
     cam = AblationCAM(model, "conv")
-    cam(torch.randn(1, 3, 16, 16), [1])
+    result = cam(torch.randn(1, 3, 16, 16), [1])
     assert cam.engine["engine"] == "whole-model" and "torch.fx cannot trace" in cam.engine["reason"]
+    assert any("torch.fx cannot trace" in note for note in result.summary()["notes"])

@@ -274,6 +274,9 @@ class AblationCAM(BaseCAM):
         suffix = build_suffix(data.module, data.inputs, data.layer, suffix=self.use_suffix, agrees=agrees,
                               clean_layer=data.activations)
         self.engine = {"engine": suffix.name, "suffix_nodes": suffix.suffix_nodes, "reason": suffix.reason}
+        fallback = f"Ablation-CAM ran the whole model per ablated copy: {suffix.reason}"
+        if suffix.reason and self.use_suffix and fallback not in self._notes:  # into summary.json's notes
+            self._notes.append(fallback)
         device = data.activations.device
         dtype = suffix.clean_layer.dtype
         scores = []
