@@ -102,8 +102,9 @@ def _scorecam_dense_case(quick: bool) -> BenchCase:
     extractor = ScoreCAM(model, layer, batch_size=32)
     return BenchCase(f"scorecam resnet18 {size} {layer} {images} img", lambda: extractor(inputs, targets),
                      _peer_scorecam(model, layer, inputs, targets), "pytorch-grad-cam ScoreCAM",
-                     check=_same_maps,
-                     note="random init: dense layer, almost no masks to share (no target)")
+                     check=_same_maps, max_ratio=0.6,
+                     note="random init: dense layer, almost no masks to share; batch norms folded into the "
+                          "convolutions for the masked passes")
 
 
 PG_PEERS = {GradCAM: "GradCAM", GradCAMPlusPlus: "GradCAMPlusPlus", EigenCAM: "EigenCAM",

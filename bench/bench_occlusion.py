@@ -12,7 +12,8 @@ search, twice.
 
 convlens also computes the top class and a feature map's activation per position. Its gain: the early layers
 are recomputed only on the region that each window can change (exact, see ``convlens.engine``), and the CPU
-runs channels-last. Target: faster than Captum (ratio < 1).
+runs channels-last, with batch norms folded into the convolutions before them. Targets: faster than Captum
+(ratio < 1, issue 6); resnet50 <= 0.3x (issue 20).
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ def _case(name: str, stride: int, quick: bool) -> BenchCase:
     setup = _Setup(name, stride, quick)
     positions = ((SIZE - WINDOW) // stride + 1) ** 2
     setup.case = BenchCase(f"occlusion {name} 224 w{WINDOW} s{stride}", setup.ours, setup.theirs,
-                           "captum Occlusion", check=_agree, max_ratio=1.0,
+                           "captum Occlusion", check=_agree, max_ratio=0.3 if name == "resnet50" else 1.0,
                            note=f"random-init {name}, {positions} positions",
                            repetitions=2 if quick else (1 if stride < 16 else 3))
     return setup.case
