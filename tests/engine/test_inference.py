@@ -35,3 +35,20 @@ def test_nothing_to_fold_or_a_disagreeing_copy_gives_the_model_itself():
     with torch.inference_mode():
         runner = inference_model(normed, inputs, agrees=lambda output: False)
     assert runner.forward is normed and "does not reproduce" in runner.reason
+
+
+def test_occlusion_engine_with_folded_batch_norms_is_exact():
+    from convlens.engine import RegionalEngine, Regions, build_engine
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=7).eval()
+    inputs, fill = torch.randn(1, 3, 64, 64), torch.zeros(1, 3, 64, 64)
+    regions = Regions.windows([0, 16, 48], [0, 32], 16, fill)
+    rows, cols = regions.grid()
+    with preserved_state(model) as net, torch.inference_mode():
+        plain = build_engine(net, inputs, regions, "layer1.0.conv2")
+        folded = build_engine(net, inputs, regions, "layer1.0.conv2", fold=True)
+        assert isinstance(folded, RegionalEngine) and folded.incremental_nodes < plain.incremental_nodes
+        (out_a, layer_a), (out_b, layer_b) = plain.run(rows, cols), folded.run(rows, cols)
+    torch.testing.assert_close(out_b, out_a, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(layer_b, layer_a, rtol=1e-5, atol=1e-5)  # the layer's own conv is not folded
