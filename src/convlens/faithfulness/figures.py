@@ -13,7 +13,7 @@ MAX_IMAGES = 6
 
 def _colours(methods):
     cmap = plt.get_cmap("tab20")
-    return {m: ("0.45" if m in BASELINES else cmap(i % 20)) for i, m in enumerate(methods)}
+    return {m: ({"random": "0.6", "center": "black"}.get(m) or cmap(i % 20)) for i, m in enumerate(methods)}
 
 
 def ranking_figure(result):
