@@ -17,6 +17,8 @@ COMMAND_MODULES = [
     "convlens.cli.train",
     "convlens.cli.visualize",
     "convlens.cli.zeiler",
+    "convlens.cli.faithfulness",
+    "convlens.cli.attribution",
 ]
 
 for _name in COMMAND_MODULES:

@@ -91,6 +91,7 @@ def explanation_maps(model, inputs: torch.Tensor, classes: Sequence[int], method
         from convlens.cam import cam_method
 
         layer = options.pop("layer", None)
+        options.setdefault("input_size", tuple(inputs.shape[-2:]))
         with cam_method(method)(model, layer, batch_size=options.pop("batch_size", batch_size),
                                 **options) as extractor:
             return extractor(inputs, classes).maps.float()
