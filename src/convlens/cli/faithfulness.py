@@ -17,7 +17,8 @@ def faithfulness_command(
     images: ImagesArg,
     out: OutOpt,
     methods: Annotated[str, typer.Option(
-        "--methods", help="all, or a comma-separated list (gradcam,scorecam,guided,occlusion,random,center...).")] = "all",
+        "--methods", help="all, or a comma-separated list (gradcam,scorecam,guided,occlusion,random,center,...)."
+    )] = "all",
     metrics: Annotated[str | None, typer.Option(
         "--metrics", help="Comma-separated: deletion, insertion, road, drop, pointing, sanity (default: all; "
                           "pointing needs --boxes).")] = None,

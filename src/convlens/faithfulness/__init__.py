@@ -13,7 +13,7 @@ from convlens.faithfulness.deletion import area_under_curve, blurred, causal_cur
 from convlens.faithfulness.evaluate import faithfulness, resolve_metrics
 from convlens.faithfulness.pointing import pointing_hits, pointing_trials, read_boxes
 from convlens.faithfulness.result import FaithfulnessResult
-from convlens.faithfulness.road import PERCENTILES, impute, imputation_system, road_scores
+from convlens.faithfulness.road import PERCENTILES, imputation_system, impute, road_scores
 from convlens.faithfulness.sanity import randomisable_layers, randomisation_curves, similarities
 from convlens.faithfulness.table import METRICS, SCORES, bootstrap_mean
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from convlens.errors import ConvlensError, nearest_names
 from convlens.faithfulness.candidates import explanation_maps, resolve_methods
 from convlens.faithfulness.confidence import confidence_scores
