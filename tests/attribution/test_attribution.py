@@ -113,3 +113,34 @@ def test_top_level_function_and_save(tmp_path, images):
     arrays = np.load(out / "arrays.npz")
     np.testing.assert_array_equal(arrays["attribution"], result.attributions.numpy())
     assert {"input", "map", "target"} <= set(arrays.files) and (out / "attribution.png").exists()
+
+
+def test_cli_matches_the_api(tmp_path, capsys):
+    import numpy as np
+    import torchvision
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from convlens.cli import app, main
+    from convlens.models import Preprocessing, save_checkpoint
+    from convlens.models.zoo import replace_head
+
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "run" / "best", replace_head(torchvision.models.resnet18(), 3), {
+        "architecture": "torchvision:resnet18", "class_names": ["a", "b", "c"],
+        "preprocessing": Preprocessing(crop=(64, 64), resize=None, squash=True).to_dict()})
+    image = tmp_path / "img.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(image)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["attribution", str(tmp_path / "run"), str(image), "--method", "ig",
+                                      "--steps", "8", "--target", "b", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    expected = convlens.attribution(convlens.load_model(tmp_path / "run", device="cpu"), [str(image)],
+                                    method="integrated-gradients", steps=8, target="b")
+    arrays = np.load(out / "arrays.npz")
+    np.testing.assert_allclose(arrays["attribution"], expected.attributions.numpy(), rtol=1e-5, atol=1e-7)
+    assert arrays["target"].tolist() == [1]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["attribution", "baseline", str(image), "--method", "lrp", "--out", str(tmp_path / "o")])
+    error = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and "unknown attribution method 'lrp'" in error and "\n" not in error
