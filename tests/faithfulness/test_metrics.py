@@ -187,3 +187,17 @@ def test_similarities_of_a_map_with_itself_and_its_opposite():
         np.testing.assert_allclose(same[key], 1.0, atol=1e-9)
     opposite = similarities(maps, 1 - maps)
     assert (opposite["spearman"] < -0.99).all() and (opposite["ssim"] < 0.5).all()
+
+
+def test_bootstrap_intervals():
+    from convlens.faithfulness.table import bootstrap_class_mean, bootstrap_mean
+
+    values = np.random.default_rng(0).normal(0.5, 0.1, 400)
+    mean, low, high = bootstrap_mean(values, resamples=4000)
+    half = 1.96 * values.std(ddof=1) / np.sqrt(len(values))  # the normal interval, which the bootstrap approaches
+    assert mean == pytest.approx(values.mean()) and low == pytest.approx(mean - half, abs=2e-3)
+    assert high == pytest.approx(mean + half, abs=2e-3)
+    assert bootstrap_mean(np.array([np.nan, 1.0, 3.0]))[0] == 2.0
+    # per class first (a: 1/2, b: 1), then the mean over classes; the interval from resampled trials
+    mean, low, high = bootstrap_class_mean(np.array([1.0, 0.0, 1.0]), ["a", "a", "b"], resamples=4000)
+    assert mean == 0.75 and low < mean < high

@@ -48,16 +48,23 @@ def bootstrap_mean(values: np.ndarray, resamples: int = 2000, seed: int = 0) -> 
 
 def bootstrap_class_mean(hits: np.ndarray, names: Sequence[str], resamples: int = 2000,
                          seed: int = 0) -> tuple[float, float, float]:
-    """Mean over classes of the per-class hit rate, with trials resampled within each class."""
+    """Mean over classes of the per-class hit rate; the interval from resampling the trials (classes missing
+    from a resample are left out of its mean)."""
     hits = np.asarray(hits, dtype=np.float64)
-    labels = np.asarray(names)
-    groups = [hits[labels == name] for name in dict.fromkeys(names)]
-    if not groups:
+    if len(hits) == 0:
         return float("nan"), float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    per_class = np.stack([g[rng.integers(0, len(g), (resamples, len(g)))].mean(axis=1) for g in groups])
-    low, high = np.percentile(per_class.mean(axis=0), [2.5, 97.5])
-    return float(np.mean([g.mean() for g in groups])), float(low), float(high)
+    labels = list(dict.fromkeys(names))
+    member = np.array([labels.index(name) for name in names])
+    picks = np.random.default_rng(seed).integers(0, len(hits), (resamples, len(hits)))
+    cells = (np.arange(resamples)[:, None] * len(labels) + member[picks]).ravel()  # (resample, class) pairs
+    counts = np.bincount(cells, minlength=resamples * len(labels)).reshape(resamples, -1)
+    totals = np.bincount(cells, weights=hits[picks].ravel(), minlength=resamples * len(labels))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rates = totals.reshape(resamples, -1) / counts
+    means = np.nanmean(np.where(counts > 0, rates, np.nan), axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    per_class = [hits[member == k].mean() for k in range(len(labels))]
+    return float(np.mean(per_class)), float(low), float(high)
 
 
 def table_csv(rows: Sequence[dict], scores: Sequence[str]) -> str:
