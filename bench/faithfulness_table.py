@@ -53,5 +53,35 @@ def main(out: str) -> None:
         print(f"# {method} done at {time.time() - start:.0f} s", flush=True)
 
 
+def markdown(out: str) -> str:
+    """The docs table from the per-method folders: mean [95 % interval] per score, recomputed from the
+    per-image scores in each ``arrays.npz``."""
+    import json
+
+    import numpy as np
+
+    from convlens.faithfulness.table import bootstrap_class_mean, bootstrap_mean, higher_is_better, score_names
+
+    scores = score_names(["deletion", "insertion", "road", "drop", "pointing", "sanity"])
+    lines = ["| method | " + " | ".join(f"{s} {'↑' if higher_is_better(s) else '↓'}" for s in scores) + " |",
+             "|---" * (len(scores) + 1) + "|"]
+    for method in ORDER:
+        folder = Path(out) / method
+        if not (folder / "arrays.npz").exists():
+            continue
+        arrays = np.load(folder / "arrays.npz")
+        objects = [o["object"] for o in json.loads((folder / "summary.json").read_text())["objects"]]
+        cells = []
+        for score in scores:
+            values = arrays[f"{score}.{method}"]
+            mean, low, high = bootstrap_class_mean(values, objects) if score == "pointing" else bootstrap_mean(values)
+            cells.append(f"{mean:.3f} [{low:.3f}, {high:.3f}]")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    main(sys.argv[1])
+    if sys.argv[1] == "--table":
+        print(markdown(sys.argv[2]))
+    else:
+        main(sys.argv[1])
