@@ -48,7 +48,7 @@ def _setup(count: int, size: int):
 def _deletion_case(quick: bool) -> BenchCase:
     import quantus
 
-    count, size, step = (4, 48, 8) if quick else (16, 96, 16)  # Quantus: 3 * step must divide H * W
+    count, size, step = (2, 48, 16) if quick else (16, 96, 16)  # Quantus: 3 * step must divide H * W
     net, inputs, classes, maps = _setup(count, size)
     metric = quantus.PixelFlipping(features_in_step=3 * step, perturb_baseline=0.0, abs=False, normalise=False,
                                    return_auc_per_sample=False, disable_warnings=True)
@@ -64,7 +64,9 @@ def _deletion_case(quick: bool) -> BenchCase:
         np.testing.assert_allclose(mine, theirs, rtol=1e-4, atol=1e-5)
 
     return BenchCase(f"deletion curve {size}px b{count}", ours, peer, "Quantus PixelFlipping", check,
-                     max_ratio=0.1, note=f"6-layer CNN, {size}x{size}, {step} px per step, Grad-CAM maps")
+                     max_ratio=0.1,
+                     repetitions=3 if quick else None,
+                     note=f"6-layer CNN, {size}x{size}, {step} px per step, Grad-CAM maps")
 
 
 def _pointing_case(quick: bool) -> BenchCase:
@@ -72,7 +74,7 @@ def _pointing_case(quick: bool) -> BenchCase:
 
     from convlens.faithfulness.pointing import Trial, pointing_hits
 
-    count, size = (64, 32) if quick else (256, 64)
+    count, size = (32, 32) if quick else (256, 64)
     net, inputs, classes, maps = _setup(count, size)
     rng = np.random.default_rng(0)
     corners = rng.integers(0, size // 2, (count, 2))
@@ -93,13 +95,14 @@ def _pointing_case(quick: bool) -> BenchCase:
         np.testing.assert_array_equal(mine, theirs)
 
     return BenchCase(f"pointing game {size}px n{count}", lambda: pointing_hits(trials, maps, tolerance=0), peer,
-                     "Quantus PointingGame", check, max_ratio=0.1, note="the same maps, boxes as masks")
+                     "Quantus PointingGame", check, max_ratio=0.1,
+                     repetitions=3 if quick else None, note="the same maps, boxes as masks")
 
 
 def _sanity_case(quick: bool) -> BenchCase:
     import quantus
 
-    count, size = (4, 32) if quick else (16, 64)
+    count, size = (2, 24) if quick else (16, 64)
     net, inputs, classes, _ = _setup(count, size)
     labels = classes.tolist()
     original = explanation_maps(net, inputs, labels, "gradcam")
@@ -123,6 +126,7 @@ def _sanity_case(quick: bool) -> BenchCase:
         np.testing.assert_allclose(mine["spearman"], theirs, rtol=1e-5, atol=1e-6)
 
     return BenchCase(f"sanity (MPRT) {size}px b{count}", ours, peer, "Quantus MPRT", check, max_ratio=0.1,
+                     repetitions=3 if quick else None,
                      note="Grad-CAM after each of 7 randomised layers; convlens also computes SSIM and HOG")
 
 
@@ -130,7 +134,7 @@ def _road_case(quick: bool) -> BenchCase:
     from pytorch_grad_cam.metrics.road import ROADCombined
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
 
-    count, size = (2, 64) if quick else (4, 112)
+    count, size = (2, 32) if quick else (4, 112)
     net, inputs, classes, maps = _setup(count, size)
     targets = [ClassifierOutputSoftmaxTarget(int(c)) for c in classes]
     cams = maps.numpy()
@@ -146,7 +150,8 @@ def _road_case(quick: bool) -> BenchCase:
         np.testing.assert_allclose(mine, theirs, rtol=1e-4, atol=1e-6)
 
     return BenchCase(f"ROAD combined {size}px b{count}", ours, peer, "pytorch-grad-cam ROADCombined", check,
-                     max_ratio=0.5, note="percentiles 10..90, noise 0.01, the same seed")
+                     max_ratio=0.5,
+                     repetitions=3 if quick else None, note="percentiles 10..90, noise 0.01, the same seed")
 
 
 def cases(quick: bool) -> list[BenchCase]:
