@@ -134,7 +134,7 @@ def _road_case(quick: bool) -> BenchCase:
     from pytorch_grad_cam.metrics.road import ROADCombined
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
 
-    count, size = (2, 32) if quick else (4, 112)
+    count, size = (2, 64) if quick else (4, 112)
     net, inputs, classes, maps = _setup(count, size)
     targets = [ClassifierOutputSoftmaxTarget(int(c)) for c in classes]
     cams = maps.numpy()
