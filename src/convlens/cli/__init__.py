@@ -12,7 +12,9 @@ from convlens.errors import ConvlensError
 COMMAND_MODULES = [
     "convlens.cli.basic",
     "convlens.cli.cam",
+    "convlens.cli.convert",
     "convlens.cli.demo",
+    "convlens.cli.featureviz",
     "convlens.cli.sensitivity",
     "convlens.cli.train",
     "convlens.cli.visualize",
