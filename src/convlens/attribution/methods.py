@@ -26,11 +26,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from convlens.deconv import rectifier_rule
 from convlens.errors import ConvlensError
 from convlens.hooks import preserved_state
 from convlens.progress import ProgressLike, track
 from convlens.targets import Target, target_scores
+from convlens.zeiler.deconv import rectifier_rule
 
 IG_METHODS = ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle")
 

@@ -1,9 +1,10 @@
-"""Batched evaluation of perturbed inputs: the one loop every perturbation metric runs through.
+"""Batched evaluation of perturbed inputs across images, on the perturbation base's loop.
 
 A metric supplies, for a range of its perturbations, the perturbed inputs and the image each belongs to
-(``build(start, stop) -> (inputs, owners)``); ``class_probabilities`` runs them ``batch_size`` at a time under
-``torch.inference_mode`` and reads the softmax probability of each owner's class. This is the shape of the
-perturbation base of the architecture issue (masks in, a reduction out), so the metrics can move onto it.
+(``build(start, stop) -> (inputs, owners)``); ``class_probabilities`` runs them ``batch_size`` at a time through
+``convlens.perturbation.evaluate_in_batches`` under ``torch.inference_mode`` and reads the softmax probability
+of each owner's class. Unlike ``convlens.perturbation.perturb`` (one image, its masks), a batch here mixes
+images: the deletion game of small images fills a batch with the steps of several.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from torch import nn
 
 from convlens.errors import ConvlensError
 from convlens.models.loading import preferred_memory_format
-from convlens.progress import ProgressLike, track
+from convlens.perturbation import evaluate_in_batches
+from convlens.progress import ProgressLike
 
 Builder = Callable[[int, int], tuple[torch.Tensor, torch.Tensor]]
 
@@ -33,11 +35,12 @@ def class_probabilities(module: nn.Module, count: int, build: Builder, classes: 
     """The probability of the owner's class for each of ``count`` perturbed inputs (float32, CPU)."""
     if batch_size < 1:
         raise ConvlensError(f"batch_size must be at least 1, got {batch_size}")
-    scores = []
-    starts = range(0, count, batch_size)
+
+    def evaluate(start: int, stop: int) -> torch.Tensor:
+        inputs, owners = build(start, stop)
+        output = module(inputs.contiguous(memory_format=preferred_memory_format(inputs.device)))
+        return probabilities_of(output, classes[owners]).cpu()
+
     with torch.inference_mode():
-        for start in track(starts, len(starts), description, progress):
-            inputs, owners = build(start, min(start + batch_size, count))
-            output = module(inputs.contiguous(memory_format=preferred_memory_format(inputs.device)))
-            scores.append(probabilities_of(output, classes[owners]).cpu())
+        scores = evaluate_in_batches(count, batch_size, evaluate, progress, description)
     return torch.cat(scores) if scores else torch.zeros(0)
