@@ -157,3 +157,15 @@ def test_cli_matches_the_api(tmp_path, capsys):
     error = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2 and "unknown metric 'speed'" in error and "\n" not in error
     assert not (tmp_path / "o").exists()
+
+
+def test_every_candidate_runs_and_gives_maps_in_0_1():
+    from convlens.faithfulness import method_names
+
+    images = torch.randn(2, 3, 24, 24, generator=torch.Generator().manual_seed(0))
+    result = convlens.faithfulness(gap_net(), images, methods="all", metrics="drop", resamples=50, options={
+        "smoothgrad": {"samples": 4}, "integrated-gradients": {"steps": 4}, "occlusion": {"window": 8, "stride": 4}})
+    assert not result.not_applicable and list(result.maps) == method_names()
+    for method, maps in result.maps.items():
+        assert maps.shape == (2, 24, 24), method
+        assert float(maps.min()) >= 0 and float(maps.amax(dim=(1, 2)).min()) == pytest.approx(1.0), method

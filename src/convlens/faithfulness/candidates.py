@@ -112,8 +112,8 @@ def _occlusion_maps(model, inputs, classes, options, batch_size, progress) -> to
 
     maps = []
     for index in track(range(len(inputs)), len(inputs), "occlusion: images", progress):
-        result = occlusion(model, inputs[index:index + 1], target=classes[index],
-                           batch_size=options.get("batch_size"), size=options.get("size"),
+        result = occlusion(model, inputs[index:index + 1], target=classes[index], rule=None,
+                           batch_size=options.get("batch_size"), window=options.get("window", options.get("size")),
                            stride=options.get("stride"), fill=options.get("fill", "mean"))
         maps.append(result.attribution)
     return min_max_per_image(torch.stack(maps).float())
