@@ -86,7 +86,7 @@ def explanation_maps(model, inputs: torch.Tensor, classes: Sequence[int], method
     options = dict(options or {})
     classes = [int(c) for c in classes]
     if method in BASELINES:
-        return baseline_maps(method, len(inputs), tuple(inputs.shape[-2:]), seed)
+        return min_max_per_image(baseline_maps(method, len(inputs), tuple(inputs.shape[-2:]), seed))
     if method in cam_names():
         from convlens.cam import cam_method
 
