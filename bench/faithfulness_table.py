@@ -19,7 +19,7 @@ EXPENSIVE = ("scorecam", "ablationcam")  # one masked forward pass per channel: 
 SETTINGS = {
     "step": 224 * 16,  # 14 steps instead of RISE's 224 (the AUC on a 15-point curve)
     "percentiles": (50,),  # ROAD at half the pixels removed only (each 224 x 224 solve takes seconds here)
-    "sanity_steps": 2,  # the cascade checked half-way and fully randomised
+    "sanity_steps": 2,  # the cascade checked after the classifier alone and after all 99 layers
     "options": {"smoothgrad": {"samples": 10}, "integrated-gradients": {"steps": 16},
                 "occlusion": {"size": 56, "stride": 28}},
 }
