@@ -21,7 +21,7 @@ SETTINGS = {
     "percentiles": (50,),  # ROAD at half the pixels removed only (each 224 x 224 solve takes seconds here)
     "sanity_steps": 2,  # the cascade checked after the classifier alone and after all 99 layers
     "options": {"smoothgrad": {"samples": 10}, "integrated-gradients": {"steps": 16},
-                "occlusion": {"size": 56, "stride": 28}},
+                "occlusion": {"window": 56, "stride": 28}},
 }
 
 
