@@ -74,6 +74,9 @@ def markdown(out: str) -> str:
         cells = []
         for score in scores:
             values = arrays[f"{score}.{method}"]
+            if values.ndim == 2:  # folders written before the curves got their own name: checkpoints x images
+                with np.errstate(all="ignore"):
+                    values = np.nanmean(values, axis=0)
             mean, low, high = bootstrap_class_mean(values, objects) if score == "pointing" else bootstrap_mean(values)
             cells.append(f"{mean:.3f} [{low:.3f}, {high:.3f}]")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")

@@ -104,7 +104,7 @@ def test_model_left_exactly_as_found_and_the_folder(tmp_path):
     arrays = np.load(out / "arrays.npz")
     summary = json.loads((out / "summary.json").read_text())
     assert {"input", "deletion.gradcam", "deletion_curve.gradcam", "road_morf.saliency", "map.random",
-            "sanity_spearman.gradcam", "increase.saliency"} <= set(arrays.files)
+            "sanity_spearman.gradcam", "sanity_spearman_curve.gradcam", "increase.saliency"} <= set(arrays.files)
     assert arrays["deletion_curve.gradcam"].shape == (3, 24 + 1)
     assert sorted(summary["figures"]) == ["curves.png", "maps.png", "ranking.png"]
     rows = {r["method"]: r for r in csv.DictReader((out / "table.csv").open())}

@@ -128,7 +128,7 @@ def faithfulness(model: ImageClassifier | torch.nn.Module, images: ImagesLike, *
                 net, maps, lambda m: _safe_maps(maps_of, m, inputs, classes), sanity_steps, sanity_seed, progress)
             for method, similarity in sanity.items():
                 for key, values in similarity.items():
-                    curves[f"sanity_{key}.{method}"] = values
+                    curves[f"sanity_{key}_curve.{method}"] = values
                     with np.errstate(all="ignore"):
                         per_image[method][f"sanity_{key}"] = np.nanmean(values, axis=0) if len(values) else values
     seconds = time.perf_counter() - start

@@ -54,7 +54,7 @@ def curves_figure(result):
     panels = [("deletion_curve", "deletion: probability vs pixels removed"),
               ("insertion_curve", "insertion: probability vs pixels restored"),
               ("road_morf", "ROAD: probability vs fraction removed (solid MoRF, dashed LeRF)"),
-              ("sanity_spearman", "sanity: Spearman to the original map vs layers randomised")]
+              ("sanity_spearman_curve", "sanity: Spearman to the original map vs layers randomised")]
     panels = [p for p in panels if any(k.startswith(p[0] + ".") for k in result.curves)]
     figure, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.8), squeeze=False)
     for axis, (kind, title) in zip(axes[0], panels, strict=True):
@@ -63,7 +63,7 @@ def curves_figure(result):
             if values is None:
                 continue
             style = {"color": colours[method], "lw": 1.0, "label": method}
-            if kind == "sanity_spearman":
+            if kind == "sanity_spearman_curve":
                 axis.plot(np.arange(1, len(values) + 1), np.nanmean(values, axis=1), **style)
             elif kind == "road_morf":
                 fractions = 1 - np.array(result.parameters["percentiles"]) / 100
@@ -74,7 +74,7 @@ def curves_figure(result):
                 axis.plot(np.linspace(0, 1, values.shape[1]), values.mean(0), **style)
         axis.set_title(title, fontsize=8)
         axis.tick_params(labelsize=7)
-        if kind == "sanity_spearman" and result.sanity_layers:
+        if kind == "sanity_spearman_curve" and result.sanity_layers:
             axis.set_xlabel(f"checkpoint (last: {result.sanity_layers[-1]})", fontsize=7)
     axes[0, -1].legend(fontsize=6, ncol=1 + len(methods) // 14, loc="center left", bbox_to_anchor=(1.02, 0.5))
     figure.tight_layout()

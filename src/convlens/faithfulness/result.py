@@ -19,7 +19,8 @@ class FaithfulnessResult(Result):
     """``table``: one row per method, ``{"method", "scores": {score: (mean, low, high)}, "note"}``;
     ``per_image``: ``{method: {score: values per image}}`` (``pointing``: per object); ``curves``:
     ``{"KIND.METHOD": array}`` (``deletion_curve``/``insertion_curve``: N x steps+1, ``road_morf``/``road_lerf``:
-    N x percentiles, ``sanity_spearman``/``_ssim``/``_hog``: checkpoints x N); ``maps``: ``{method: N x H x W}``."""
+    N x percentiles, ``sanity_spearman_curve``/``sanity_ssim_curve``/``sanity_hog_curve``: checkpoints x N);
+    ``maps``: ``{method: N x H x W}``."""
 
     command: ClassVar[str] = "faithfulness"
 
@@ -84,7 +85,7 @@ class FaithfulnessResult(Result):
         from convlens.faithfulness.figures import curves_figure, maps_figure, ranking_figure
 
         figures = {"ranking": ranking_figure(self)}
-        if any(key.split(".")[0] in ("deletion_curve", "insertion_curve", "road_morf", "sanity_spearman")
+        if any(key.split(".")[0] in ("deletion_curve", "insertion_curve", "road_morf", "sanity_spearman_curve")
                for key in self.curves):
             figures["curves"] = curves_figure(self)
         if self.maps:
