@@ -54,3 +54,9 @@ def predict(model: ImageClassifier, images: Sequence[str | Path | Image.Image] |
         inputs = model.prepare(list(images[start:start + batch_size]))
         results += top_k(model, probabilities(model, inputs, batch_size), top)
     return results
+
+
+# ``convlens.predict`` is both this module and its function (``import convlens.predict`` rebinds the name).
+from convlens._callable import callable_package  # noqa: E402
+
+callable_package(__name__, "predict")

@@ -66,9 +66,13 @@ class TrainResult:
 
 def train(data_dir: str | Path, out: str | Path, config: TrainConfig | None = None, *,
           split_file: str | Path | None = None, report: DataReport | None = None,
-          events: TrainingEvents | None = None) -> TrainResult:
-    """Check ``data_dir`` (see ``convlens.data.check``), split it, train, and write the run to ``out``."""
+          events: TrainingEvents | None = None, force: bool = False) -> TrainResult:
+    """Check ``data_dir`` (see ``convlens.data.check``), split it, train, and write the run to ``out``
+    (an earlier run or a folder of other files there only with ``force``)."""
+    from convlens.output import check_out
+
     config = (config or TrainConfig()).validate()
+    check_out(out, force=force, run=True)  # before the data check, which can take minutes
     events = events or TrainingEvents()
     if report is None:
         report = check_data(data_dir, config.near_distance,
@@ -76,16 +80,16 @@ def train(data_dir: str | Path, out: str | Path, config: TrainConfig | None = No
     split, messages = split_for_training(report, config.val_split, config.seed, config.dedupe, split_file)
     for message in messages:
         events.warning(message)
-    return fit(out, config, split, report, events)
+    return fit(out, config, split, report, events, force)
 
 
 def fit(out: str | Path, config: TrainConfig, split: Split, report: DataReport,
-        events: TrainingEvents | None = None) -> TrainResult:
+        events: TrainingEvents | None = None, force: bool = False) -> TrainResult:
     """Train on an explicit split (``train`` and cross-validation folds end here)."""
     events = events or TrainingEvents()
     torch.manual_seed(config.seed)  # the new head (or the whole baseline) starts from the seed
     model = build_model(config, len(split.class_names))
-    run_dir = fresh_run_dir(out)
+    run_dir = fresh_run_dir(out, force)
     root = report.layout.root
     exact, near = validation_leaks(report, split.train, split.validation)
     data = {"data_dir": str(root.resolve()), "split": split.summary(),
@@ -126,15 +130,15 @@ def resume(run_dir: str | Path, epochs: int | None = None, device: str | None = 
     return session.run()
 
 
-def fresh_run_dir(out: str | Path) -> Path:
-    """``out`` empty and ready; an earlier run (or convlens output) there is replaced, anything else refused."""
-    out = Path(out)
-    if out.exists():
-        earlier = any((out / name).exists() for name in ("split.json", "metrics.json", "cv.json", "summary.json"))
-        if not out.is_dir() or (any(out.iterdir()) and not earlier):
-            raise ConvlensError(f"--out {out} exists and is not a convlens run folder; choose another path")
+def fresh_run_dir(out: str | Path, force: bool = False) -> Path:
+    """``out`` empty and ready. A new or empty folder, or an earlier convlens output, is taken; an earlier run or
+    a folder of other files only with ``force`` (``convlens.output.check_out`` says which folders never)."""
+    from convlens.output import check_out, make_parents
+
+    out = check_out(out, force=force, run=True)
+    if out.exists() and any(out.iterdir()):
         shutil.rmtree(out)
-    out.mkdir(parents=True)
+    make_parents(out)
     return out
 
 
