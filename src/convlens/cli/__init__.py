@@ -48,6 +48,8 @@ def load_app():
 
     for name in COMMAND_MODULES:
         importlib.import_module(name)
+    # importing the submodule convlens.cli.app bound the name ``app`` here to that module: bind the application
+    globals()["app"] = app
     return app
 
 
