@@ -75,8 +75,6 @@ def _run(args: list[str]) -> int:
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
     try:
-        import click
-
         from convlens.errors import ConvlensError
 
         app = load_app()
@@ -92,18 +90,23 @@ def _run(args: list[str]) -> int:
     except Exception as exc:  # noqa: BLE001 - never a traceback unless asked
         if debug:
             raise
-        return _report(exc, click, ConvlensError)
+        return _report(exc, ConvlensError)
 
 
-def _report(exc: Exception, click, ConvlensError) -> int:
-    if isinstance(exc, click.exceptions.NoArgsIsHelpError):
+def _kind(exc: BaseException, name: str) -> bool:
+    """Whether ``exc`` is click's ``name`` exception, from plain click or the copy recent typer vendors."""
+    return any(cls.__name__ == name for cls in type(exc).__mro__)
+
+
+def _report(exc: Exception, ConvlensError) -> int:
+    if _kind(exc, "NoArgsIsHelpError"):  # ``convlens`` or ``convlens data`` alone: the help, as click shows it
         print(exc.ctx.get_help())
         return 2
-    if isinstance(exc, click.exceptions.Abort):
+    if _kind(exc, "Abort"):
         return _interrupted()
-    if isinstance(exc, click.ClickException):
-        command = exc.ctx.command_path if getattr(exc, "ctx", None) is not None else "convlens"
-        hint = f" (see {command} --help)" if isinstance(exc, click.UsageError) else ""
+    if _kind(exc, "ClickException"):
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see {ctx.command_path} --help)" if ctx is not None and _kind(exc, "UsageError") else ""
         _error_line(f"{exc.format_message()}{hint}")
         return 2
     if isinstance(exc, ConvlensError):

@@ -192,7 +192,7 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
 def unreadable_weights(path: Path, exc: Exception) -> str:
     """convlens's own one line for a weights file it cannot read (never torch's advice to unpickle)."""
     text = str(exc)
-    if "Weights only load failed" in text or "Unsupported global" in text or "weights_only" in text:
+    if "not an allowed global" in text or "Unsupported global" in text:
         return (f"{path}: not a plain state_dict (it holds pickled Python objects, which convlens never "
                 "unpickles); save the weights alone with torch.save(model.state_dict(), PATH) or as .safetensors")
     return (f"{path}: not a readable weights file ({exc.__class__.__name__}); convlens reads a state_dict "
