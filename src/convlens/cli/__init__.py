@@ -60,15 +60,26 @@ def __getattr__(name: str):
 
 
 def main(argv: list[str] | None = None) -> None:
+    import warnings
+
     _signal_received.clear()
     previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
     _install_signal_handlers()
+    show = warnings.showwarning
+    warnings.showwarning = _warning_line
     try:
         sys.exit(_run(list(sys.argv[1:] if argv is None else argv)))
     finally:
+        warnings.showwarning = show
         for signum, handler in previous.items():
             if handler is not None:
                 signal.signal(signum, handler)
+
+
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """A library's Python warning as one line (not the file, line and source that Python shows)."""
+    text = " ".join(str(message).split())
+    print(f"warning: {category.__name__}: {text[:300]}", file=sys.stderr)
 
 
 def _run(args: list[str]) -> int:
