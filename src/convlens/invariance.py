@@ -25,7 +25,7 @@ from convlens.data.images import load_image
 from convlens.errors import ConvlensError
 from convlens.hooks import preserved_state, resolve_layer
 from convlens.models.classifier import ImageClassifier
-from convlens.models.preprocessing import Preprocessing
+from convlens.models.preprocessing import Preprocessing, check_resized_size
 from convlens.targets import ClassTarget, resolve_targets
 
 TRANSFORMS = ("translate", "scale", "rotate")
@@ -90,6 +90,8 @@ def resized_pixels(preprocessing: Preprocessing, image: Image.Image) -> torch.Te
     """The preprocessing's resize alone (before its crop), as a ``3 x h x w`` tensor in [0, 1]."""
     mode = InterpolationMode(preprocessing.interpolation)
     size = list(preprocessing.crop) if _squash(preprocessing) else preprocessing.resize
+    if not _squash(preprocessing):
+        check_resized_size(image, preprocessing.resize)  # a very thin image would blow up here
     return TF.pil_to_tensor(TF.resize(image, size, interpolation=mode, antialias=True)).float().div_(255.0)
 
 

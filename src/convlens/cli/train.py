@@ -123,7 +123,8 @@ def train_command(
     events = ConsoleEvents()
     try:
         if resume is not None:
-            console.print(f"resuming {resume}")
+            if (resume / "last.safetensors").is_file():
+                console.print(f"resuming {resume}")
             result = resume_run(resume, epochs=epochs, device=None if device == "auto" else device,
                                 data_dir=data_dir, events=events)
             _report_run(result)
