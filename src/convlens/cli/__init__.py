@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "convlens.cli.basic",
     "convlens.cli.cam",
     "convlens.cli.demo",
+    "convlens.cli.featureviz",
     "convlens.cli.sensitivity",
     "convlens.cli.train",
     "convlens.cli.visualize",

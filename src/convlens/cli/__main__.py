@@ -1,4 +1,4 @@
-"""``python -m convlens.cli``: the same as the ``convlens`` console script."""
+"""``python -m convlens.cli``: the same as the ``convlens`` command."""
 
 from convlens.cli import main
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from convlens.demo.core import DemoContext, DemoSection
-from convlens.featuremaps import run_featuremaps
+from convlens.featuremaps import feature_maps
+from convlens.filters import conv_layer_names, filters
 
 # Where `convlens train` may have left the leaf-study baseline (relative to the demo folder, its parent, or
 # the working directory); the demo's leaf part runs only when one of them holds a checkpoint.
@@ -39,16 +40,14 @@ def section(context: DemoContext) -> DemoSection:
     trained ``leaf-baseline`` run exists)."""
     import json
 
-    from convlens.filters import conv_layer_names, run_filters
     from convlens.models import load_model
 
     base = context.out / "filters-featuremaps"
     photo = next((p for p in context.photos if p.stem == "chelsea"), context.photos[0])
-    folders = [run_filters(context.model, None, base / "filters"),
-               run_featuremaps(context.model, photo, None, base / "featuremaps", max_channels=32,
-                               order="activation")]
+    maps = feature_maps(context.model, photo, max_channels=32, progress=context.progress)
+    folders = [filters(context.model).save(base / "filters"), maps.save(base / "featuremaps")]
     text = (f"`convlens filters {context.model.spec}` draws the first convolution's RGB kernels; `convlens "
-            f"featuremaps {context.model.spec} {photo.name} --max 32 --order activation` shows the top-3 "
+            f"featuremaps {context.model.spec} {photo.name} --max 32` shows the top-3 "
             "predictions above one row of the strongest channels at the end of each stage (early rows follow "
             "edges and outlines, late rows are coarse object parts), then the 32 strongest maps of the first "
             "stage.")
@@ -56,8 +55,8 @@ def section(context: DemoContext) -> DemoSection:
     leaf = first_validation_image(run_dir) if run_dir is not None else None
     if run_dir is not None and leaf is not None:
         leaf_model = load_model(run_dir, device=str(context.model.device))
-        folders += [run_filters(leaf_model, conv_layer_names(leaf_model)[:2], base / "leaf-filters"),
-                    run_featuremaps(leaf_model, leaf, None, base / "leaf-featuremaps", order="activation")]
+        folders += [filters(leaf_model, conv_layer_names(leaf_model)[:2]).save(base / "leaf-filters"),
+                    feature_maps(leaf_model, leaf, progress=context.progress).save(base / "leaf-featuremaps")]
         text += f" The trained leaf baseline ({run_dir.name}): its filters and the feature maps of {leaf.name}."
     figures = []
     for folder in folders:

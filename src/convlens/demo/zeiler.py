@@ -7,22 +7,19 @@ from pathlib import Path
 
 from convlens.data.images import load_image
 from convlens.demo.core import DemoContext, DemoSection
-from convlens.topk import top_activations, top_examples, top_examples_figure
+from convlens.zeiler import top_activations
+from convlens.zeiler.figures import top_examples_figure
 
 DEMO_LAYER = "blocks.2"
 
 
 def section(context: DemoContext) -> DemoSection:
-    """Deconvnet projections of a sample photo's strongest units, and a top-9 figure over a small folder made
-    of the sample photos and crops of them."""
-    from convlens.deconv import (
-        project_activations,
-        projection_image,
-        strongest_position,
-        strongest_units,
-        unit_activations,
-    )
+    """Deconvnet and guided projections of a sample photo's strongest units side by side (the deconvnet
+    checkerboards on this strided network), and a top-9 figure over a small folder made of the sample photos and
+    crops of them, drawn with the model's default rule."""
     from convlens.render import image_grid
+    from convlens.zeiler.deconv import project_activations, strongest_position, strongest_units, unit_activations
+    from convlens.zeiler.figures import projection_image
 
     model, folder = context.model, context.out / "deconvnet"
     images = _demo_folder(context.photos, folder / "images")
@@ -43,8 +40,7 @@ def section(context: DemoContext) -> DemoSection:
     projections_png = folder / "projections.png"
     figure.savefig(projections_png, dpi=100, bbox_inches="tight")
     top = top_activations(model, images, DEMO_LAYER, units="0:4", k=9, batch_size=8)
-    examples = top_examples(model, top, "deconvnet")
-    figure = top_examples_figure(examples, units_per_row=2, tile_inches=0.8)
+    figure = top_examples_figure(top, units_per_row=2, tile_inches=0.8)
     topk_png = folder / "topk.png"
     figure.savefig(topk_png, dpi=100, bbox_inches="tight")
     import matplotlib.pyplot as plt
@@ -52,9 +48,12 @@ def section(context: DemoContext) -> DemoSection:
     plt.close("all")
     text = (f"Zeiler & Fergus deconvnet. Top: the four channels of {DEMO_LAYER} that fire hardest on a sample photo, "
             "each peak activation fed back down to pixels (deconvnet: ReLUs rectify the signal coming down; "
-            "guided backprop also keeps the forward masks). Bottom: for units 0-3, the nine strongest activations "
-            f"over {len(top.paths)} images (the sample photos and crops of them): projections beside the image "
-            "patches under the unit's receptive field (`convlens deconv`, `convlens topk`).")
+            "guided backprop also keeps the forward masks). This network downsamples with strided convolutions "
+            "and has no max-pool switches, so the deconvnet's way down ignores the image and draws the same "
+            "checkerboard for every image; guided backprop, the default on such models, draws the image's edges. "
+            f"Bottom: for units 0-3, the nine strongest activations over {len(top.paths)} images (the sample "
+            f"photos and crops of them), {top.rule} projections beside the image patches under the unit's "
+            "receptive field (`convlens deconv`, `convlens topk`).")
     return DemoSection("Deconvnet projections and top-9 patches", text,
                        [str(p.relative_to(context.out)) for p in (projections_png, topk_png)])
 
