@@ -10,11 +10,10 @@ import json
 
 import pytest
 import torch
+from conftest import make_image
 from PIL import Image
 
 from convlens.cli import main
-
-from conftest import make_image
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +59,7 @@ def tree(root):
     return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
 
 
-M, I, D = "model.safetensors", "img.png", "photos"
+MODEL, IMAGE, FOLDER = "model.safetensors", "img.png", "photos"
 OUT = ["--out", "new_out"]
 # Bad values for the options every model command shares, and bad --out folders for every computing command.
 MODEL_CASES = [
@@ -68,7 +67,7 @@ MODEL_CASES = [
     ("spec too large", ["baseline:100000"]),
     ("zero classes", ["baseline:32:0"]),
     ("unknown spec", ["nonsense"]),
-    ("unknown device", [M, "--device", "tpu"]),
+    ("unknown device", [MODEL, "--device", "tpu"]),
     ("pickled weights", ["baseline", "--weights", "evil.pth"]),
     ("garbage weights", ["baseline", "--weights", "garbage.pth"]),
     ("missing weights", ["torchvision:resnet18", "--weights", "nowhere.pth"]),
@@ -86,18 +85,20 @@ IMAGE_CASES = [("missing image", "nothere.png"), ("corrupt image", "broken.jpg")
 
 # command -> (arguments before the model's, arguments after it, its numeric cases, takes an image)
 COMMANDS = {
-    "predict": ([], [I], [["--top", "0"], ["--top", "-1"], ["--top", "100000"], ["--batch-size", "0"],
+    "predict": ([], [IMAGE], [["--top", "0"], ["--top", "-1"], ["--top", "100000"], ["--batch-size", "0"],
                           ["--batch-size", "-1"]]),
     "layers": ([], [], []),
     "filters": ([], OUT, [["--max", "0"], ["--max-channels", "0"]]),
-    "featuremaps": ([], [I, *OUT], [["--max", "0"], ["--per-row", "0"]]),
-    "deconv": ([], [I, "--layer", "conv2", *OUT], [["--top", "0"], ["--top", "-1"], ["--unit", "-1"],
+    "featuremaps": ([], [IMAGE, *OUT], [["--max", "-1"], ["--per-row", "0"]]),
+    "featureviz": ([], ["--layer", "conv2", *OUT], [["--steps", "0"], ["--seed", "-1"], ["--diversity", "0"],
+                                                    ["--size", "4"], ["--batch-size", "0"]]),
+    "deconv": ([], [IMAGE, "--layer", "conv2", *OUT], [["--top", "0"], ["--top", "-1"], ["--unit", "-1"],
                                                      ["--unit", "64"]]),
-    "topk": ([], [D, "--layer", "conv2", *OUT], [["--units", "0:8:0"], ["--k", "0"], ["--batch-size", "0"],
+    "topk": ([], [FOLDER, "--layer", "conv2", *OUT], [["--units", "0:8:0"], ["--k", "0"], ["--batch-size", "0"],
                                                   ["--workers", "-1"]]),
-    "occlusion": ([], [I, *OUT], [["--size", "0"], ["--stride", "0"], ["--batch-size", "0"], ["--size", "-4"]]),
-    "invariance": ([], [I, *OUT], [["--points", "0"], ["--batch-size", "0"]]),
-    "cam": ([], [I, *OUT], [["--batch-size", "0"], ["--limit", "-1"]]),
+    "occlusion": ([], [IMAGE, *OUT], [["--size", "0"], ["--stride", "0"], ["--batch-size", "0"], ["--size", "-4"]]),
+    "invariance": ([], [IMAGE, *OUT], [["--points", "0"], ["--batch-size", "0"]]),
+    "cam": ([], [IMAGE, *OUT], [["--batch-size", "0"], ["--limit", "-1"]]),
 }
 IMAGE_COMMANDS = {"predict": [], "featuremaps": OUT, "deconv": ["--layer", "conv2", *OUT], "occlusion": OUT,
                   "invariance": OUT, "cam": OUT}
@@ -111,42 +112,42 @@ def cases():
                 continue
             table.append((f"{command}: {name}", [command, *before, *model_args, *after]))
         for values in numeric:
-            table.append((f"{command}: {' '.join(values)}", [command, *before, M, *after, *values]))
+            table.append((f"{command}: {' '.join(values)}", [command, *before, MODEL, *after, *values]))
         if command != "layers":
             plain = [a for a in after if a not in OUT] if "--out" in after else after
             for name, out_args in OUT_CASES:
-                table.append((f"{command}: --out {name}", [command, *before, M, *plain, *out_args]))
+                table.append((f"{command}: --out {name}", [command, *before, MODEL, *plain, *out_args]))
     for command, rest in IMAGE_COMMANDS.items():
         for name, image in IMAGE_CASES:
-            if command in ("predict", "cam", "invariance") and image == "photos":
+            if command in ("predict", "cam", "invariance", "featuremaps") and image == "photos":
                 continue  # these take folders
-            table.append((f"{command}: {name}", [command, M, image, *rest]))
+            table.append((f"{command}: {name}", [command, MODEL, image, *rest]))
         table.append((f"{command}: thin image", [command, "resizing.safetensors", "thin.png", *rest]))
     table += [
-        ("topk: folder without images", ["topk", M, "noimages", "--layer", "conv2", *OUT]),
-        ("topk: unknown layer", ["topk", M, D, "--layer", "nope", *OUT]),
-        ("evolution: not a run", ["evolution", "user", I, "--layer", "conv2", *OUT]),
-        ("evolution: units step 0", ["evolution", "run", I, "--layer", "conv2", "--units", "0:8:0", *OUT]),
+        ("topk: folder without images", ["topk", MODEL, "noimages", "--layer", "conv2", *OUT]),
+        ("topk: unknown layer", ["topk", MODEL, FOLDER, "--layer", "nope", *OUT]),
+        ("evolution: not a run", ["evolution", "user", IMAGE, "--layer", "conv2", *OUT]),
+        ("evolution: units step 0", ["evolution", "run", IMAGE, "--layer", "conv2", "--units", "0:8:0", *OUT]),
         ("data check: missing folder", ["data", "check", "nowhere"]),
-        ("data check: near distance", ["data", "check", D, "--near-distance", "-1"]),
-        ("data check: --out user folder", ["data", "check", D, "--out", "user"]),
+        ("data check: near distance", ["data", "check", FOLDER, "--near-distance", "-1"]),
+        ("data check: --out user folder", ["data", "check", FOLDER, "--out", "user"]),
         ("demo: user folder", ["demo", "--out", "user"]),
         ("demo: run folder forced", ["demo", "--out", "run", "--force"]),
         ("demo: current folder", ["demo", "--out", "."]),
         ("unknown command", ["frobnicate"]),
-        ("unknown option", ["predict", M, I, "--frobnicate"]),
-        ("not a number", ["predict", M, I, "--top", "many"]),
+        ("unknown option", ["predict", MODEL, IMAGE, "--frobnicate"]),
+        ("not a number", ["predict", MODEL, IMAGE, "--top", "many"]),
     ]
     for values in (["--epochs", "0"], ["--batch-size", "0"], ["--lr", "0"], ["--lr", "-1"], ["--val-split", "1.5"],
                    ["--momentum", "2"], ["--cv", "1"], ["--img-size", "4"], ["--workers", "-1"],
                    ["--near-distance", "100"], ["--weight-decay", "-1"], ["--finetune-lr", "0"]):
-        table.append((f"train: {' '.join(values)}", ["train", D, "--out", "new_run", *values]))
+        table.append((f"train: {' '.join(values)}", ["train", FOLDER, "--out", "new_run", *values]))
     table += [
-        ("train: --out user folder", ["train", D, "--out", "user"]),
-        ("train: --out run folder", ["train", D, "--out", "run"]),
-        ("train: --out current folder", ["train", D, "--out", ".", "--force"]),
+        ("train: --out user folder", ["train", FOLDER, "--out", "user"]),
+        ("train: --out run folder", ["train", FOLDER, "--out", "run"]),
+        ("train: --out current folder", ["train", FOLDER, "--out", ".", "--force"]),
         ("train: resume a user folder", ["train", "--resume", "user"]),
-        ("train: bad arch", ["train", D, "--out", "new_run", "--arch", "nonsense"]),
+        ("train: bad arch", ["train", FOLDER, "--out", "new_run", "--arch", "nonsense"]),
     ]
     return table
 

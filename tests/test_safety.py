@@ -18,13 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_image
 from PIL import Image
 
 from convlens.cli import main
 from convlens.errors import ConvlensError
 from convlens.output import MANIFEST, output_dir
-
-from conftest import make_image
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 

@@ -25,7 +25,7 @@ MAX_BATCH = 4096
 MAX_TOP = 1000
 
 def in_range(flag: str, help: str, low: float | None = None, high: float | None = None, *,
-             low_open: bool = False, high_open: bool = False, **kwargs):
+             low_open: bool = False, high_open: bool = False, aliases: tuple[str, ...] = (), **kwargs):
     """A numeric option checked before any work: a value outside the range fails with one line naming the
     option and the range (exit 2). Repeatable options are checked value by value."""
     text = range_text(low, high, low_open, high_open)
@@ -36,7 +36,7 @@ def in_range(flag: str, help: str, low: float | None = None, high: float | None 
                 raise typer.BadParameter(f"{item} is not in the range {text}")
         return value
 
-    return typer.Option(flag, help=f"{help} [{text}]", callback=check, **kwargs)
+    return typer.Option(flag, *aliases, help=f"{help} [{text}]", callback=check, **kwargs)
 
 
 def in_bounds(value, low=None, high=None, low_open=False, high_open=False) -> bool:
