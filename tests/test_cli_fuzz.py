@@ -124,6 +124,7 @@ def cases():
             table.append((f"{command}: {name}", [command, MODEL, image, *rest]))
         table.append((f"{command}: thin image", [command, "resizing.safetensors", "thin.png", *rest]))
     table += [
+        ("occlusion: linear layer", ["occlusion", MODEL, IMAGE, "--layer", "fc1", *OUT]),
         ("topk: folder without images", ["topk", MODEL, "noimages", "--layer", "conv2", *OUT]),
         ("topk: unknown layer", ["topk", MODEL, FOLDER, "--layer", "nope", *OUT]),
         ("evolution: not a run", ["evolution", "user", IMAGE, "--layer", "conv2", *OUT]),

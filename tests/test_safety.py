@@ -415,6 +415,27 @@ def test_folder_predict_skips_and_reports_unreadable_images(tmp_path, checkpoint
     assert code == 2 and "b.jpg" in one_error_line(err)
 
 
+def test_topk_skips_and_reports_unreadable_images(tmp_path, checkpoint, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for seed in range(3):
+        make_image(folder / f"good{seed}.png", seed=seed)
+    (folder / "bad.png").write_bytes(b"\x89PNG broken")
+    args = ["topk", checkpoint, folder, "--layer", "conv2", "--units", "0:2", "--k", "2"]
+    code, _, err = run([*args, "--out", tmp_path / "o"], capsys)
+    assert code == 0 and err.count("warning:") == 1 and "bad.png" in err, err
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert [entry["image"] for entry in summary["unreadable_images_skipped"]] == [str(folder / "bad.png")]
+    assert summary["images_scanned"] == 4 and all(len(unit["top"]) == 2 for unit in summary["top"])
+    code, _, err = run([*args, "--out", tmp_path / "o2", "--strict"], capsys)
+    assert code == 2 and "bad.png" in one_error_line(err) and not (tmp_path / "o2").exists()
+
+
+def test_occlusion_refuses_a_layer_without_maps(tmp_path, image, checkpoint, capsys):
+    code, _, err = run(["occlusion", checkpoint, image, "--layer", "fc1", "--out", tmp_path / "o"], capsys)
+    assert code == 2 and "output shape (512,)" in one_error_line(err) and not (tmp_path / "o").exists()
+
+
 # -- 10. housekeeping -------------------------------------------------------------------------------------------
 def test_folders_get_normal_permissions_and_failed_runs_leave_no_parents(tmp_path):
     previous = os.umask(0o022)
