@@ -16,6 +16,7 @@ import sys
 COMMAND_MODULES = [
     "convlens.cli.basic",
     "convlens.cli.cam",
+    "convlens.cli.convert",
     "convlens.cli.demo",
     "convlens.cli.featureviz",
     "convlens.cli.sensitivity",

@@ -12,10 +12,12 @@ from rich.table import Table
 from convlens.cli.app import app
 from convlens.cli.common import (
     BatchSizeOpt,
+    ClassesOpt,
     DeviceOpt,
     ForceOpt,
     ImagesArg,
     ModelArg,
+    PreprocessOpt,
     StrictOpt,
     TopOpt,
     WeightsOpt,
@@ -42,6 +44,8 @@ def predict_command(
     batch_size: BatchSizeOpt = 32,
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
+    classes: ClassesOpt = None,
+    preprocess: PreprocessOpt = None,
     force: ForceOpt = False,
     strict: StrictOpt = False,
 ) -> None:
@@ -52,7 +56,7 @@ def predict_command(
     if out is not None:
         check_out(out, force=force)  # before any work
     paths = expand_image_args(images)
-    classifier = open_model(model, weights, device)
+    classifier = open_model(model, weights, device, classes, preprocess)
     skipped: list[tuple[Path, str]] = []
     kept, rows, results, inputs, chunks = [], [], [], [], []
     named = [Path(p) for p in images if not Path(p).is_dir()]  # files named on the command line must load
@@ -119,9 +123,11 @@ def layers_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     weights: WeightsOpt = None,
     device: DeviceOpt = "cpu",
+    classes: ClassesOpt = None,
+    preprocess: PreprocessOpt = None,
 ) -> None:
     """Every named module: type, output shape at the model's input size, parameter count."""
-    classifier = open_model(model, weights, device)
+    classifier = open_model(model, weights, device, classes, preprocess)
     rows = layer_table(classifier)
     if as_json:
         print(json.dumps({"model": classifier.describe(), "layers": [r.to_dict() for r in rows]}, indent=2))

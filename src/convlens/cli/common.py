@@ -61,7 +61,8 @@ def check_device(value: str | None) -> str | None:
 
 
 ModelArg = Annotated[str, typer.Argument(metavar="MODEL", help="Model spec (efficientnet_lite0, torchvision:NAME, "
-                                                               "timm:NAME, baseline, or a convlens checkpoint).")]
+                                                               "timm:NAME, baseline, keras:PATH, onnx:PATH, or a "
+                                                               "convlens checkpoint).")]
 WeightsOpt = Annotated[str | None, typer.Option("--weights", help="torchvision weights name (IMAGENET1K_V1) or a "
                                                                    "local state_dict file.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.", callback=check_device)]
@@ -73,14 +74,21 @@ StrictOpt = Annotated[bool, typer.Option("--strict", help="Stop at the first unr
                                                           "it and reporting it.")]
 ImagesArg = Annotated[list[Path], typer.Argument(metavar="IMAGE...", help="Image files or folders of images.")]
 LayerOpt = Annotated[list[str] | None, typer.Option("--layer", help="Layer name (module path); repeatable.")]
+ClassesOpt = Annotated[str | None, typer.Option(
+    "--classes", help="Class names: a comma list, a text file (one a line), or an image folder whose subfolders "
+                      "give the names in sorted order.")]
+PreprocessOpt = Annotated[str | None, typer.Option(
+    "--preprocess", help="Input preprocessing MODE[:INTERPOLATION]: unit (x/255), raw (0..255), tf (x/127.5-1), "
+                         "torch (ImageNet mean/std), caffe (BGR minus the ImageNet mean); resize nearest by default.")]
 WorkersOpt = Annotated[int, in_range("--workers", "Image-decoding worker processes (0: in process).", 0, 64)]
 BatchSizeOpt = Annotated[int, in_range("--batch-size", "Images per forward pass.", 1, MAX_BATCH)]
 TopOpt = Annotated[int, in_range("--top", "How many classes per image.", 1, MAX_TOP)]
 
 
-def open_model(spec: str = DEFAULT_SPEC, weights: str | None = None, device: str = "auto") -> ImageClassifier:
+def open_model(spec: str = DEFAULT_SPEC, weights: str | None = None, device: str = "auto",
+               classes: str | None = None, preprocess: str | None = None) -> ImageClassifier:
     with console.status(f"loading {spec}"):
-        model = load_model(spec, weights=weights, device=device)
+        model = load_model(spec, weights=weights, device=device, classes=classes, preprocess=preprocess)
     warn_if_untrained(model)
     return model
 

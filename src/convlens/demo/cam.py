@@ -2,31 +2,29 @@
 
 from __future__ import annotations
 
-from convlens.cam.figures import Tile, grid_figure, tile_title
 from convlens.demo.core import DemoContext, DemoSection
-from convlens.render import plt
 
 DEMO_LAYER = "blocks.6"  # EfficientNet-Lite0's last block (320 channels): Score-/Ablation-CAM stay quick
+DEMO_METHODS = ("cam", "gradcam", "gradcam++", "xgradcam", "layercam", "scorecam", "eigencam", "ablationcam")
 
 
 def section(context: DemoContext) -> DemoSection:
-    """Demo: every method side by side on two sample photos, on the default model."""
-    from convlens.cam.methods import CAM, METHODS
+    """Demo: the main methods side by side on two sample photos, on the default model."""
+    from convlens.cam import CAMComparison, cam
+    from convlens.cam.figures import grid_figure
+    from convlens.cam.result import cam_tiles
+    from convlens.render import plt
 
     model = context.model
-    photos = context.photos[:2]
-    inputs = model.prepare(photos)
+    inputs = model.prepare(context.photos[:2])
     layer = DEMO_LAYER if DEMO_LAYER in dict(model.module.named_modules()) else None
-    results = [method(model, None if method is CAM else layer, batch_size=16, progress=context.progress)(inputs)
-               for method in METHODS.values()]
-    probabilities = results[0].logits.softmax(1)
-    tiles = []
-    for index in range(len(photos)):
-        predicted = results[0].predicted[index]
-        title = tile_title(model.class_name(predicted), float(probabilities[index, predicted]), None)
-        tiles.append(Tile(model.preprocessing.to_display(inputs[index]),
-                          [result.maps[index].numpy() for result in results], title.split("\n")[0]))
-    titles = [f"{METHODS[r.method].title}\n{'+'.join(r.layers)}" for r in results]
+    # CAM explains the layer global average pooling reads; the others the last block
+    results = [cam(model, inputs, method="cam", progress=context.progress)]
+    others = cam(model, inputs, method=[m for m in DEMO_METHODS if m != "cam"], layer=layer, batch_size=16,
+                 progress=context.progress)
+    results = CAMComparison((*results, *others.results)).results
+    tiles = cam_tiles(results, range(len(inputs)), first_line=True)
+    titles = [f"{r.title}\n{'+'.join(r.layers)}" for r in results]
     figure = grid_figure(tiles, titles, f"Class activation maps of the predicted class, {model.spec}",
                          tile_inches=1.7)
     target = context.out / "cam.png"
