@@ -452,6 +452,18 @@ def test_occlusion_refuses_a_layer_without_maps(tmp_path, image, checkpoint, cap
     assert code == 2 and "output shape (512,)" in one_error_line(err) and not (tmp_path / "o").exists()
 
 
+def test_cam_refuses_a_1x1_layer(tmp_path, image):
+    import convlens
+    from convlens.models import BaselineCNN
+
+    model = convlens.load_model("baseline:8", device="cpu")
+    assert isinstance(model.module, BaselineCNN)  # pool3 is 1x1 at 8 px: a CAM there is one flat colour
+    for method in ("gradcam", "scorecam"):
+        with pytest.raises(ConvlensError, match="1x1 map at this input size"):
+            convlens.cam(model, image, method=method, layer="pool3")
+    assert convlens.cam(model, image, method="gradcam", layer="conv3").arrays()["cam"].shape == (1, 8, 8)
+
+
 # -- 10. housekeeping -------------------------------------------------------------------------------------------
 def test_folders_get_normal_permissions_and_failed_runs_leave_no_parents(tmp_path):
     previous = os.umask(0o022)

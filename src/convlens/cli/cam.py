@@ -9,7 +9,19 @@ import typer
 
 from convlens.cam import METHODS  # every registered method, so --help lists them
 from convlens.cli.app import app
-from convlens.cli.common import DeviceOpt, ImagesArg, LayerOpt, ModelArg, OutOpt, WeightsOpt, done, open_model
+from convlens.cli.common import (
+    DeviceOpt,
+    ForceOpt,
+    ImagesArg,
+    LayerOpt,
+    ModelArg,
+    OutOpt,
+    WeightsOpt,
+    done,
+    in_range,
+    open_model,
+)
+from convlens.output import check_out
 
 
 @app.command("cam")
@@ -22,12 +34,13 @@ def cam_command(
     layer: LayerOpt = None,
     target: Annotated[str | None, typer.Option(
         "--target", help="Class to explain (name or index); default: each image's predicted class.")] = None,
-    limit: Annotated[int, typer.Option(
-        "--limit", help="Images taken from each folder, evenly across its class subfolders (0: all).")] = 24,
-    batch_size: Annotated[int, typer.Option(
-        "--batch-size", help="Images per pass; Score-CAM / Ablation-CAM: masked copies per pass.")] = 16,
+    limit: Annotated[int, in_range(
+        "--limit", "Images taken from each folder, evenly across its class subfolders (0: all).", 0, 100_000)] = 24,
+    batch_size: Annotated[int, in_range(
+        "--batch-size", "Images per pass; Score-CAM / Ablation-CAM: masked copies per pass.", 1, 4096)] = 16,
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
+    force: ForceOpt = False,
 ) -> None:
     """Where the model finds evidence for a class: CAMs overlaid on each image (default method gradcam, default
     layer the last conv layer with spatial extent; CAM finds its own). A folder with class subfolders gives a
@@ -40,6 +53,7 @@ def cam_command(
     names = method or ["gradcam"]
     for name in names:
         cam_method(name)  # unknown names fail before the model loads
+    check_out(out, force=force)
     classifier = open_model(model, weights, device)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CAMWarning)
@@ -50,4 +64,4 @@ def cam_command(
             console.print(f"warning: {warning.message}", markup=False, highlight=False)
         else:
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
-    done(result.save(out))
+    done(result.save(out, force=force))
