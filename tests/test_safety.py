@@ -139,6 +139,17 @@ def test_run_folder_is_never_replaced_by_a_computing_command(tmp_path, image, ch
     assert tree(tmp_path) == before
 
 
+def test_a_converted_model_folder_is_replaced_only_by_convert(tmp_path, image, checkpoint, capsys):
+    model_dir = tmp_path / "converted"
+    assert run(["convert", checkpoint, "--out", model_dir], capsys)[0] == 0
+    before = tree(tmp_path)
+    for extra in ([], ["--force"]):
+        code, _, err = run(["predict", model_dir, image, "--out", model_dir, *extra], capsys)
+        assert code == 2 and "a model of its own" in one_error_line(err)
+    assert tree(tmp_path) == before
+    assert run(["convert", checkpoint, "--out", model_dir], capsys)[0] == 0  # its own command may
+
+
 def test_train_refuses_an_earlier_run_or_foreign_files_without_force(tmp_path, capsys):
     from convlens.training.run import fresh_run_dir
 

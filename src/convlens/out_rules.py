@@ -31,6 +31,7 @@ from convlens.errors import ConvlensError
 MANIFEST = ".convlens-output.json"
 MANIFEST_TOOL = "convlens-output"
 # Files that make a folder a training run (a model of its own): never replaced by a computing command.
+MODEL_COMMANDS = ("convert",)  # their folders are models: replaced only by the same command
 RUN_FILES = ("last.safetensors", "best.safetensors", "last.optimizer.pt", "split.json", "metrics.json", "cv.json")
 _LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.(?:tmp|old)$")
 
@@ -50,20 +51,21 @@ def target_folder(path: str | Path) -> Path:
     return path
 
 
-def check_out(path: str | Path, *, force: bool = False, run: bool = False) -> Path:
+def check_out(path: str | Path, *, force: bool = False, run: bool = False, command: str | None = None) -> Path:
     """Refuse (ConvlensError, one line) an ``--out`` that must not be replaced; returns the folder to write.
 
-    ``run``: the folder is a training run folder (``train``): an earlier run there needs ``force`` too."""
+    ``run``: the folder is a training run folder (``train``): an earlier run there needs ``force`` too.
+    ``command``: the command writing; a model folder (``convert``'s) is replaced only by the same command."""
     requested = path
     path = target_folder(path)
-    problem, forceable = _replace_problem(path, force=force, run=run)
+    problem, forceable = _replace_problem(path, force=force, run=run, command=command)
     if problem:
         how = "choose another --out or pass --force to replace it" if forceable else "choose another --out"
         raise ConvlensError(f"--out {requested} {problem}; {how}")
     return path
 
 
-def _replace_problem(path: Path, *, force: bool, run: bool) -> tuple[str, bool]:
+def _replace_problem(path: Path, *, force: bool, run: bool, command: str | None = None) -> tuple[str, bool]:
     """Why ``path`` may not be replaced ('' when it may) and whether ``force`` would allow it."""
     protected = _protected(path)
     if protected:
@@ -82,6 +84,8 @@ def _replace_problem(path: Path, *, force: bool, run: bool) -> tuple[str, bool]:
         return f"is being written right now by convlens process {manifest.get('pid')}", False
     foreign = _foreign_file(path, manifest) if manifest is not None else None
     if manifest is not None and foreign is None:
+        if manifest.get("command") in MODEL_COMMANDS and command != manifest.get("command"):
+            return f"holds a model written by convlens {manifest.get('command')} (a model of its own)", False
         return "", False
     if is_run_folder(path):
         if not run:

@@ -89,7 +89,7 @@ class OutputDir:
         self.compute_seconds = 0.0
         self.figures: list[str] = []
         self.unstamped: list[str] = []  # figures saved before the summary said whether the model is trained
-        self.path = check_out(path, force=force)
+        self.path = check_out(path, force=force, command=command)
         self.created = make_parents(self.path.parent)
         try:
             self.tmp = new_hidden_dir(self.path)
@@ -154,7 +154,8 @@ class OutputDir:
             write_manifest(self.tmp, self.command)
             with locked(self.path.parent):
                 remove_leftovers(self.path)
-                check_out(self.path, force=self.force)  # again: another process may have written there meanwhile
+                # again: another process may have written there meanwhile
+                check_out(self.path, force=self.force, command=self.command)
                 aside = swap_in(self.tmp, self.path)
         except OSError as exc:  # a full disk, a folder made read-only meanwhile: one line, nothing half-written
             raise ConvlensError(f"--out {self.requested}: cannot write there ({exc.strerror or exc})") from None
@@ -185,13 +186,13 @@ def folder_in_place(path: str | Path, command: str, force: bool = False) -> Iter
 
     The same rules as ``output_dir``; an earlier output is set aside (not deleted) until the new one is
     complete, and put back if the body raises; the new folder is removed then."""
-    path = check_out(path, force=force)
+    path = check_out(path, force=force, command=command)
     created = make_parents(path.parent)
     aside = None
     try:
         with locked(path.parent):
             remove_leftovers(path)
-            check_out(path, force=force)
+            check_out(path, force=force, command=command)
             if path.exists():
                 aside = hidden_name(path, "old")
                 os.rename(path, aside)
