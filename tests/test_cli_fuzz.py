@@ -7,13 +7,21 @@ are tiny; the whole table runs in process."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from conftest import make_image
 from PIL import Image
 
 from convlens.cli import main
+
+
+def make_image(path: Path, size=(48, 40), seed: int = 0) -> Path:
+    """A random-noise RGB image file of ``size`` (width, height)."""
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -135,6 +143,10 @@ def cases():
         ("demo: user folder", ["demo", "--out", "user"]),
         ("demo: run folder forced", ["demo", "--out", "run", "--force"]),
         ("demo: current folder", ["demo", "--out", "."]),
+        ("convert: user folder", ["convert", MODEL, "--out", "user"]),
+        ("convert: run folder forced", ["convert", MODEL, "--out", "run", "--force"]),
+        ("convert: unknown spec", ["convert", "baseline:4", "--out", "new_model"]),
+        ("convert: pickled weights", ["convert", "baseline", "--weights", "evil.pth", "--out", "new_model"]),
         ("unknown command", ["frobnicate"]),
         ("unknown option", ["predict", MODEL, IMAGE, "--frobnicate"]),
         ("not a number", ["predict", MODEL, IMAGE, "--top", "many"]),

@@ -107,11 +107,10 @@ def test_where_the_weights_came_from_is_described(spec, weights):
 
 
 def test_random_weights_warn_on_the_command_line(tmp_path, capsys):
-    from conftest import make_image
-
     from convlens.cli import main
 
-    image = make_image(tmp_path / "a.png")
+    image = tmp_path / "a.png"
+    Image.fromarray(np.full((20, 24, 3), 128, np.uint8)).save(image)
     with pytest.raises(SystemExit) as info:
         main(["predict", "baseline:32", str(image), "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
