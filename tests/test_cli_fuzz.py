@@ -7,21 +7,13 @@ are tiny; the whole table runs in process."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
+from testkit import make_image
 
 from convlens.cli import main
-
-
-def make_image(path: Path, size=(48, 40), seed: int = 0) -> Path:
-    """A random-noise RGB image file of ``size`` (width, height)."""
-    rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path)
-    return path
 
 
 @pytest.fixture(scope="module")

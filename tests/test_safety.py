@@ -19,19 +19,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from testkit import make_image
 
 from convlens.cli import main
 from convlens.errors import ConvlensError
 from convlens.output import MANIFEST, output_dir
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-
-
-def make_image(path: Path, size=(48, 40), seed: int = 0) -> Path:
-    """A random-noise RGB image file of ``size`` (width, height)."""
-    rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path)
-    return path
 
 
 def run(args, capsys):
