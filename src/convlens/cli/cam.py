@@ -12,15 +12,21 @@ from convlens.cli.app import app
 from convlens.cli.common import (
     DeviceOpt,
     ForceOpt,
+    GpusPerWorkerOpt,
     ImagesArg,
     LayerOpt,
     ModelArg,
     OutOpt,
+    RayOpt,
+    RayWorkersOpt,
+    ResumeOpt,
     WeightsOpt,
     done,
     in_range,
     open_model,
+    ray_report,
 )
+from convlens.errors import ConvlensError
 from convlens.output import check_out
 
 
@@ -34,12 +40,17 @@ def cam_command(
     layer: LayerOpt = None,
     target: Annotated[str | None, typer.Option(
         "--target", help="Class to explain (name or index); default: each image's predicted class.")] = None,
-    limit: Annotated[int, in_range(
-        "--limit", "Images taken from each folder, evenly across its class subfolders (0: all).", 0, 100_000)] = 24,
+    limit: Annotated[int | None, in_range(
+        "--limit", "Images taken from each folder, evenly across its class subfolders (0: all; default 24, with "
+                   "--ray all).", 0, 100_000)] = None,
     batch_size: Annotated[int, in_range(
         "--batch-size", "Images per pass; Score-CAM / Ablation-CAM: masked copies per pass.", 1, 4096)] = 16,
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
+    ray: RayOpt = None,
+    workers: RayWorkersOpt = 1,
+    gpus_per_worker: GpusPerWorkerOpt = 0.0,
+    resume: ResumeOpt = False,
     force: ForceOpt = False,
 ) -> None:
     """Where the model finds evidence for a class: CAMs overlaid on each image (default method gradcam, default
@@ -53,6 +64,20 @@ def cam_command(
     names = method or ["gradcam"]
     for name in names:
         cam_method(name)  # unknown names fail before the model loads
+    if ray is not None:
+        from convlens.distributed import cam_on_ray, import_ray
+
+        import_ray()  # without the extra: one line naming it, before the model loads
+        if len(names) != 1:
+            raise ConvlensError("--ray runs one --method at a time")
+        classifier = open_model(model, weights, "cpu")  # the driver only packages it; workers choose devices
+        result = cam_on_ray(classifier, images, out, method=names[0], layer=layer, target=target,
+                            batch_size=batch_size, limit=limit or 0, ray=ray, workers=workers,
+                            gpus_per_worker=gpus_per_worker, resume=resume, progress=True)
+        ray_report(result.summary())
+        done(out)
+        return
+    limit = 24 if limit is None else limit
     check_out(out, force=force)
     classifier = open_model(model, weights, device)
     with warnings.catch_warnings(record=True) as caught:

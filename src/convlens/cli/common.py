@@ -84,6 +84,19 @@ WorkersOpt = Annotated[int, in_range("--workers", "Image-decoding worker process
 BatchSizeOpt = Annotated[int, in_range("--batch-size", "Images per forward pass.", 1, MAX_BATCH)]
 TopOpt = Annotated[int, in_range("--top", "How many classes per image.", 1, MAX_TOP)]
 
+# Dataset-scale jobs on Ray (convlens.distributed); without --ray everything runs in this process.
+RayOpt = Annotated[str | None, typer.Option(
+    "--ray", metavar="local|auto|ADDRESS", help="Run on Ray: local starts Ray on this machine, auto or an address "
+    "joins a cluster (needs convlens[ray]). Per-image results go to OUT/shards/*.parquet.")]
+RayWorkersOpt = Annotated[int, in_range("--workers", "With --ray: model workers (actors), each loading the model "
+                                                     "once.", 1, 1024)]
+WorkersOrRayOpt = Annotated[int, in_range("--workers", "Image-decoding worker processes (0: in process); with "
+                                                       "--ray: model workers (actors, at least 1).", 0, 1024)]
+GpusPerWorkerOpt = Annotated[float, in_range("--gpus-per-worker", "With --ray: GPUs per worker (fractions share a "
+                                                                  "GPU).", 0, 64)]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="With --ray: keep the shards an interrupted run of the "
+                                                          "same job finished (OUT.partial) and compute the rest.")]
+
 
 def open_model(spec: str = DEFAULT_SPEC, weights: str | None = None, device: str = "auto",
                classes: str | None = None, preprocess: str | None = None) -> ImageClassifier:
@@ -120,6 +133,16 @@ def track(items: Iterable[T], total: int | None = None, description: str = "work
         for item in items:
             yield item
             bar.advance(task)
+
+
+def ray_report(summary: dict) -> None:
+    """One line on how a job on Ray went: shards skipped by --resume, unreadable images."""
+    ray = summary.get("ray", {})
+    if ray.get("shards_done_before"):
+        console.print(f"resumed: {ray['shards_done_before']} of {ray['shards']} shards were already done, "
+                      f"{ray['images_computed']} images computed now")
+    for item in summary.get("unreadable", []):
+        console.print(f"[yellow]skipped[/yellow] {item['error']}", soft_wrap=True)
 
 
 def done(path: Path) -> None:

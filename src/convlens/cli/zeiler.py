@@ -14,14 +14,19 @@ from convlens.cli.common import (
     BatchSizeOpt,
     DeviceOpt,
     ForceOpt,
+    GpusPerWorkerOpt,
     ModelArg,
     OutOpt,
+    RayOpt,
+    ResumeOpt,
     StrictOpt,
     WeightsOpt,
     WorkersOpt,
+    WorkersOrRayOpt,
     done,
     in_range,
     open_model,
+    ray_report,
     warning,
 )
 from convlens.output import check_out
@@ -70,9 +75,12 @@ def topk_command(
     units: UnitsOpt = "0:16",
     rule: RuleOpt = "auto",
     batch_size: BatchSizeOpt = 32,
-    workers: WorkersOpt = 0,
+    workers: WorkersOrRayOpt = 0,
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
+    ray: RayOpt = None,
+    gpus_per_worker: GpusPerWorkerOpt = 0.0,
+    resume: ResumeOpt = False,
     force: ForceOpt = False,
     strict: StrictOpt = False,
 ) -> None:
@@ -80,6 +88,17 @@ def topk_command(
     projections (Zeiler & Fergus Fig. 2)."""
     from convlens.zeiler import top_activations
 
+    if ray is not None:
+        from convlens.distributed import import_ray, topk_on_ray
+
+        import_ray()  # without the extra: one line naming it, before the model loads
+        classifier = open_model(model, weights, "cpu")  # the driver scans nothing; workers choose devices
+        result = topk_on_ray(classifier, data_dir, layer, out, units=units, k=k, rule=rule, batch_size=batch_size,
+                             ray=ray, workers=max(1, workers), gpus_per_worker=gpus_per_worker, resume=resume,
+                             progress=True)
+        ray_report(result.summary())
+        done(out)
+        return
     check_out(out, force=force)
     classifier = open_model(model, weights, device)
     result = top_activations(classifier, data_dir, layer, units=units, k=k, rule=rule, batch_size=batch_size,
