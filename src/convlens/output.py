@@ -39,6 +39,8 @@ from convlens.out_rules import (  # noqa: F401 - MANIFEST, is_run_folder, read_m
     write_manifest,
 )
 
+_check_replaceable = check_out  # the former name (the Ray runner's early check)
+
 RECORDED_PACKAGES = ("convlens", "torch", "torchvision", "timm", "numpy", "pillow", "matplotlib")
 UNTRAINED_NOTE = "UNTRAINED (random weights)"
 
