@@ -10,6 +10,7 @@ import typer
 from convlens.cam import METHODS  # every registered method, so --help lists them
 from convlens.cli.app import app
 from convlens.cli.common import (
+    ClassesOpt,
     DeviceOpt,
     ForceOpt,
     GpusPerWorkerOpt,
@@ -17,6 +18,7 @@ from convlens.cli.common import (
     LayerOpt,
     ModelArg,
     OutOpt,
+    PreprocessOpt,
     RayOpt,
     RayWorkersOpt,
     ResumeOpt,
@@ -46,6 +48,8 @@ def cam_command(
     batch_size: Annotated[int, in_range(
         "--batch-size", "Images per pass; Score-CAM / Ablation-CAM: masked copies per pass.", 1, 4096)] = 16,
     weights: WeightsOpt = None,
+    classes: ClassesOpt = None,
+    preprocess: PreprocessOpt = None,
     device: DeviceOpt = "auto",
     ray: RayOpt = None,
     workers: RayWorkersOpt = 1,
@@ -70,7 +74,8 @@ def cam_command(
         import_ray()  # without the extra: one line naming it, before the model loads
         if len(names) != 1:
             raise ConvlensError("--ray runs one --method at a time")
-        classifier = open_model(model, weights, "cpu")  # the driver only packages it; workers choose devices
+        # the driver only packages it; workers choose devices
+        classifier = open_model(model, weights, "cpu", classes, preprocess)
         result = cam_on_ray(classifier, images, out, method=names[0], layer=layer, target=target,
                             batch_size=batch_size, limit=limit or 0, ray=ray, workers=workers,
                             gpus_per_worker=gpus_per_worker, resume=resume, progress=True)
@@ -79,7 +84,7 @@ def cam_command(
         return
     limit = 24 if limit is None else limit
     check_out(out, force=force)
-    classifier = open_model(model, weights, device)
+    classifier = open_model(model, weights, device, classes, preprocess)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CAMWarning)
         result = cam(classifier, images, method=names, layer=layer or None, target=target or "predicted",

@@ -8,7 +8,18 @@ from typing import Annotated
 import typer
 
 from convlens.cli.app import app
-from convlens.cli.common import DeviceOpt, ForceOpt, ModelArg, OutOpt, WeightsOpt, done, in_range, open_model
+from convlens.cli.common import (
+    ClassesOpt,
+    DeviceOpt,
+    ForceOpt,
+    ModelArg,
+    OutOpt,
+    PreprocessOpt,
+    WeightsOpt,
+    done,
+    in_range,
+    open_model,
+)
 from convlens.errors import ConvlensError
 
 
@@ -59,6 +70,8 @@ def featureviz_command(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=4096, help="Images optimised at once.")]
     = 64,
     weights: WeightsOpt = None,
+    classes: ClassesOpt = None,
+    preprocess: PreprocessOpt = None,
     device: DeviceOpt = "auto",
     force: ForceOpt = False,
 ) -> None:
@@ -68,7 +81,7 @@ def featureviz_command(
 
     check_out(out, force=force)
     chosen = parse_units(units)
-    classifier = open_model(model, weights, device)
+    classifier = open_model(model, weights, device, classes, preprocess)
     result = feature_viz(classifier, layer, chosen, objective=objective, steps=steps, size=size,
                          diversity=diversity, reference=list(reference) if reference else None, seed=seed,
                          batch_size=batch_size, progress=True)

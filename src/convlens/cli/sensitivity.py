@@ -10,11 +10,13 @@ import typer
 from convlens.cli.app import app
 from convlens.cli.common import (
     BatchSizeOpt,
+    ClassesOpt,
     DeviceOpt,
     ForceOpt,
     ImagesArg,
     ModelArg,
     OutOpt,
+    PreprocessOpt,
     WeightsOpt,
     done,
     in_range,
@@ -52,6 +54,8 @@ def occlusion_command(
                                                      "auto (guided on strided networks, deconvnet on pooling ones), "
                                                      "deconvnet (Zeiler & Fergus), guided or gradient.")] = "auto",
     weights: WeightsOpt = None,
+    classes: ClassesOpt = None,
+    preprocess: PreprocessOpt = None,
     device: DeviceOpt = "auto",
     force: ForceOpt = False,
 ) -> None:
@@ -60,7 +64,7 @@ def occlusion_command(
     from convlens.occlusion import occlusion
 
     check_out(out, force=force)
-    classifier = open_model(model, weights, device)
+    classifier = open_model(model, weights, device, classes, preprocess)
     result = occlusion(classifier, image, target=target, score=score, window=window, stride=stride, fill=fill,
                        layer=layer, edges=edges, rule=rule, batch_size=batch_size, progress=True)
     done(result.save(out, force=force))
@@ -84,6 +88,8 @@ def invariance_command(
                                                        "ranges (default: its steps).", 2, 1000)] = None,
     batch_size: BatchSizeOpt = 32,
     weights: WeightsOpt = None,
+    classes: ClassesOpt = None,
+    preprocess: PreprocessOpt = None,
     device: DeviceOpt = "auto",
     force: ForceOpt = False,
 ) -> None:
@@ -93,7 +99,7 @@ def invariance_command(
     from convlens.invariance import TRANSFORMS, invariance
 
     check_out(out, force=force)
-    classifier = open_model(model, weights, device)
+    classifier = open_model(model, weights, device, classes, preprocess)
     chosen = [name.strip() for item in (transform or TRANSFORMS) for name in item.split(",") if name.strip()]
     targets = (target[0] if len(target) == 1 else list(target)) if target else "predicted"
     result = invariance(classifier, expand_image_args(images), transforms=chosen, layers=layers, targets=targets,

@@ -8,12 +8,14 @@ import typer
 
 from convlens.cli.app import app
 from convlens.cli.common import (
+    ClassesOpt,
     DeviceOpt,
     ForceOpt,
     ImagesArg,
     LayerOpt,
     ModelArg,
     OutOpt,
+    PreprocessOpt,
     WeightsOpt,
     done,
     in_range,
@@ -39,6 +41,8 @@ def filters_command(
         "--max-channels", "Input channels shown per filter (default 16 in the filters x channels matrix, "
                           "all in a 1x1 layer's matrix).", 1, 100_000)] = None,
     weights: WeightsOpt = None,
+    classes: ClassesOpt = None,
+    preprocess: PreprocessOpt = None,
     device: DeviceOpt = "auto",
     force: ForceOpt = False,
 ) -> None:
@@ -47,7 +51,7 @@ def filters_command(
     from convlens.filters import filters
 
     check_out(out, force=force)
-    classifier = open_model(model, weights, device)
+    classifier = open_model(model, weights, device, classes, preprocess)
     result = filters(classifier, layer, max_filters=max_filters, reduce=reduce, shared_scale=shared_scale,
                      max_channels=max_channels, progress=True)
     done(result.save(out, force=force))
@@ -65,6 +69,8 @@ def featuremaps_command(
         "--order", help="activation: strongest mean activation first; index: channels 0, 1, ...")] = "activation",
     per_row: Annotated[int, in_range("--per-row", "Maps per layer in the overview figure.", 1, 64)] = 8,
     weights: WeightsOpt = None,
+    classes: ClassesOpt = None,
+    preprocess: PreprocessOpt = None,
     device: DeviceOpt = "auto",
     force: ForceOpt = False,
 ) -> None:
@@ -74,7 +80,7 @@ def featuremaps_command(
     from convlens.featuremaps import feature_maps
 
     check_out(out, force=force)
-    classifier = open_model(model, weights, device)
+    classifier = open_model(model, weights, device, classes, preprocess)
     result = feature_maps(classifier, expand_image_args(images), layer, max_channels=max_channels or None,
                           order=order, per_row=per_row, progress=True)
     done(result.save(out, force=force))

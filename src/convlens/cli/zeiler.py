@@ -12,11 +12,13 @@ import typer
 from convlens.cli.app import app
 from convlens.cli.common import (
     BatchSizeOpt,
+    ClassesOpt,
     DeviceOpt,
     ForceOpt,
     GpusPerWorkerOpt,
     ModelArg,
     OutOpt,
+    PreprocessOpt,
     RayOpt,
     ResumeOpt,
     StrictOpt,
@@ -52,6 +54,8 @@ def deconv_command(
                                                              "only its strongest activation.")] = "map",
     rule: RuleOpt = "auto",
     weights: WeightsOpt = None,
+    classes: ClassesOpt = None,
+    preprocess: PreprocessOpt = None,
     device: DeviceOpt = "auto",
     force: ForceOpt = False,
 ) -> None:
@@ -59,7 +63,7 @@ def deconv_command(
     from convlens.zeiler import deconv
 
     check_out(out, force=force)
-    classifier = open_model(model, weights, device)
+    classifier = open_model(model, weights, device, classes, preprocess)
     result = deconv(classifier, image, layer, units=unit or None, top=top, position=position, rule=rule,
                     progress=True)
     done(result.save(out, force=force))
@@ -77,6 +81,8 @@ def topk_command(
     batch_size: BatchSizeOpt = 32,
     workers: WorkersOrRayOpt = 0,
     weights: WeightsOpt = None,
+    classes: ClassesOpt = None,
+    preprocess: PreprocessOpt = None,
     device: DeviceOpt = "auto",
     ray: RayOpt = None,
     gpus_per_worker: GpusPerWorkerOpt = 0.0,
@@ -92,7 +98,8 @@ def topk_command(
         from convlens.distributed import import_ray, topk_on_ray
 
         import_ray()  # without the extra: one line naming it, before the model loads
-        classifier = open_model(model, weights, "cpu")  # the driver scans nothing; workers choose devices
+        # the driver scans nothing; workers choose devices
+        classifier = open_model(model, weights, "cpu", classes, preprocess)
         result = topk_on_ray(classifier, data_dir, layer, out, units=units, k=k, rule=rule, batch_size=batch_size,
                              ray=ray, workers=max(1, workers), gpus_per_worker=gpus_per_worker, resume=resume,
                              progress=True)
@@ -100,7 +107,7 @@ def topk_command(
         done(out)
         return
     check_out(out, force=force)
-    classifier = open_model(model, weights, device)
+    classifier = open_model(model, weights, device, classes, preprocess)
     result = top_activations(classifier, data_dir, layer, units=units, k=k, rule=rule, batch_size=batch_size,
                              num_workers=workers, progress=True, strict=strict)
     if result.skipped:
