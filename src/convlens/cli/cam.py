@@ -9,7 +9,27 @@ import typer
 
 from convlens.cam import METHODS  # every registered method, so --help lists them
 from convlens.cli.app import app
-from convlens.cli.common import DeviceOpt, ImagesArg, LayerOpt, ModelArg, OutOpt, WeightsOpt, done, open_model
+from convlens.cli.common import (
+    ClassesOpt,
+    DeviceOpt,
+    ForceOpt,
+    GpusPerWorkerOpt,
+    ImagesArg,
+    LayerOpt,
+    ModelArg,
+    OutOpt,
+    PreprocessOpt,
+    RayOpt,
+    RayWorkersOpt,
+    ResumeOpt,
+    WeightsOpt,
+    done,
+    in_range,
+    open_model,
+    ray_report,
+)
+from convlens.errors import ConvlensError
+from convlens.output import check_out
 
 
 @app.command("cam")
@@ -22,12 +42,20 @@ def cam_command(
     layer: LayerOpt = None,
     target: Annotated[str | None, typer.Option(
         "--target", help="Class to explain (name or index); default: each image's predicted class.")] = None,
-    limit: Annotated[int, typer.Option(
-        "--limit", help="Images taken from each folder, evenly across its class subfolders (0: all).")] = 24,
-    batch_size: Annotated[int, typer.Option(
-        "--batch-size", help="Images per pass; Score-CAM / Ablation-CAM: masked copies per pass.")] = 16,
+    limit: Annotated[int | None, in_range(
+        "--limit", "Images taken from each folder, evenly across its class subfolders (0: all; default 24, with "
+                   "--ray all).", 0, 100_000)] = None,
+    batch_size: Annotated[int, in_range(
+        "--batch-size", "Images per pass; Score-CAM / Ablation-CAM: masked copies per pass.", 1, 4096)] = 16,
     weights: WeightsOpt = None,
+    classes: ClassesOpt = None,
+    preprocess: PreprocessOpt = None,
     device: DeviceOpt = "auto",
+    ray: RayOpt = None,
+    workers: RayWorkersOpt = 1,
+    gpus_per_worker: GpusPerWorkerOpt = 0.0,
+    resume: ResumeOpt = False,
+    force: ForceOpt = False,
 ) -> None:
     """Where the model finds evidence for a class: CAMs overlaid on each image (default method gradcam, default
     layer the last conv layer with spatial extent; CAM finds its own). A folder with class subfolders gives a
@@ -40,7 +68,23 @@ def cam_command(
     names = method or ["gradcam"]
     for name in names:
         cam_method(name)  # unknown names fail before the model loads
-    classifier = open_model(model, weights, device)
+    if ray is not None:
+        from convlens.distributed import cam_on_ray, import_ray
+
+        import_ray()  # without the extra: one line naming it, before the model loads
+        if len(names) != 1:
+            raise ConvlensError("--ray runs one --method at a time")
+        # the driver only packages it; workers choose devices
+        classifier = open_model(model, weights, "cpu", classes, preprocess)
+        result = cam_on_ray(classifier, images, out, method=names[0], layer=layer, target=target,
+                            batch_size=batch_size, limit=limit or 0, ray=ray, workers=workers,
+                            gpus_per_worker=gpus_per_worker, resume=resume, progress=True)
+        ray_report(result.summary())
+        done(out)
+        return
+    limit = 24 if limit is None else limit
+    check_out(out, force=force)
+    classifier = open_model(model, weights, device, classes, preprocess)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CAMWarning)
         result = cam(classifier, images, method=names, layer=layer or None, target=target or "predicted",
@@ -50,4 +94,4 @@ def cam_command(
             console.print(f"warning: {warning.message}", markup=False, highlight=False)
         else:
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
-    done(result.save(out))
+    done(result.save(out, force=force))

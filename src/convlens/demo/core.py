@@ -7,13 +7,13 @@ relative to the demo folder). ``index.html`` shows them all; ``convlens.demo.SEC
 from __future__ import annotations
 
 import html
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from convlens.models import DEFAULT_SPEC, ImageClassifier, load_model
+from convlens.output import folder_in_place
 
 SAMPLE_PHOTOS = ("coffee", "chelsea", "astronaut", "rocket")
 
@@ -68,21 +68,20 @@ def predictions_section(context: DemoContext) -> DemoSection:
 
 def run_demo(out: str | Path = "convlens-demo", model_spec: str = DEFAULT_SPEC, progress: bool = True, *,
              sections: list[Callable[[DemoContext], DemoSection]],
-             log: Callable[[str], None] = print) -> Path:
-    out = Path(out)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    model = load_model(model_spec)
-    context = DemoContext(model, sample_photos(out / "photos"), out, progress)
-    sections = []
-    for section in sections:
-        start = time.perf_counter()
-        sections.append(section(context))
-        log(f"  {sections[-1].title}: {time.perf_counter() - start:.1f} s")
-    index = out / "index.html"
-    index.write_text(render_index(model, sections))
-    return index
+             log: Callable[[str], None] = print, force: bool = False) -> Path:
+    """Build the demo folder in place (its training run records absolute paths) under the output-folder rules
+    of ``convlens.output``: an earlier demo is replaced, a folder of other files only with ``force``."""
+    with folder_in_place(out, "demo", force=force) as folder:
+        model = load_model(model_spec)
+        context = DemoContext(model, sample_photos(folder / "photos"), folder, progress)
+        done = []
+        for section in sections:
+            start = time.perf_counter()
+            done.append(section(context))
+            log(f"  {done[-1].title}: {time.perf_counter() - start:.1f} s")
+        index = folder / "index.html"
+        index.write_text(render_index(model, done))
+    return Path(out) / "index.html"
 
 
 def render_index(model: ImageClassifier, sections: list[DemoSection]) -> str:
