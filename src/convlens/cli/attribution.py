@@ -8,7 +8,17 @@ from typing import Annotated
 import typer
 
 from convlens.cli.app import app
-from convlens.cli.common import DeviceOpt, ImagesArg, ModelArg, OutOpt, WeightsOpt, done, open_model
+from convlens.cli.common import (
+    ClassesOpt,
+    DeviceOpt,
+    ImagesArg,
+    ModelArg,
+    OutOpt,
+    PreprocessOpt,
+    WeightsOpt,
+    done,
+    open_model,
+)
 
 
 @app.command("attribution")
@@ -29,6 +39,8 @@ def attribution_command(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Inputs per forward/backward pass.")] = 32,
     seed: Annotated[int, typer.Option("--seed", help="SmoothGrad's noise.")] = 0,
     weights: WeightsOpt = None,
+    classes: ClassesOpt = None,
+    preprocess: PreprocessOpt = None,
     device: DeviceOpt = "auto",
 ) -> None:
     """Which input pixels the class score depends on, by the chosen attribution method."""
@@ -40,7 +52,7 @@ def attribution_command(
     paths = expand_image_args(images)
     if not paths:
         raise ConvlensError("no images given")
-    classifier = open_model(model, weights, device)
+    classifier = open_model(model, weights, device, classes, preprocess)
     result = attribution(classifier, [str(p) for p in paths], method=method,
                          target=target if target is not None else "predicted", samples=samples,
                          noise_level=noise_level, steps=steps, layer=layer, batch_size=batch_size, seed=seed,

@@ -8,7 +8,17 @@ from typing import Annotated
 import typer
 
 from convlens.cli.app import app
-from convlens.cli.common import DeviceOpt, ImagesArg, ModelArg, OutOpt, WeightsOpt, done, open_model
+from convlens.cli.common import (
+    ClassesOpt,
+    DeviceOpt,
+    ImagesArg,
+    ModelArg,
+    OutOpt,
+    PreprocessOpt,
+    WeightsOpt,
+    done,
+    open_model,
+)
 
 
 @app.command("faithfulness")
@@ -31,6 +41,8 @@ def faithfulness_command(
         "--sanity-steps", help="Checkpoints along the randomisation cascade (0: after every layer).")] = 8,
     seed: Annotated[int, typer.Option("--seed", help="Random baseline, SmoothGrad and ROAD noise, bootstrap.")] = 0,
     weights: WeightsOpt = None,
+    classes: ClassesOpt = None,
+    preprocess: PreprocessOpt = None,
     device: DeviceOpt = "auto",
 ) -> None:
     """Score every explanation method with deletion/insertion, ROAD, average drop / increase in confidence,
@@ -44,7 +56,7 @@ def faithfulness_command(
     paths = expand_image_args(images)
     if not paths:
         raise ConvlensError("no images given")
-    classifier = open_model(model, weights, device)
+    classifier = open_model(model, weights, device, classes, preprocess)
     result = faithfulness(classifier, [str(p) for p in paths], methods=methods, metrics=metrics, boxes=boxes,
                           target=target if target is not None else "predicted", batch_size=batch_size,
                           sanity_steps=sanity_steps or None, seed=seed, progress=True)
