@@ -13,6 +13,8 @@ COMMAND_MODULES = [
     "convlens.cli.basic",
     "convlens.cli.cam",
     "convlens.cli.demo",
+    "convlens.cli.report",
+    "convlens.cli.serve",
     "convlens.cli.sensitivity",
     "convlens.cli.train",
     "convlens.cli.visualize",

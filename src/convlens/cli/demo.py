@@ -13,12 +13,14 @@ from convlens.cli.common import console
 
 @app.command("demo")
 def demo_command(
-    out: Annotated[Path, typer.Option("--out", help="Folder for the demo (replaced).")] = Path("convlens-demo"),
+    out: Annotated[Path, typer.Option("--out", help="Folder for the demo (an earlier demo there is replaced).")]
+    = Path("convlens-demo"),
     model: Annotated[str, typer.Option("--model", help="Model spec.")] = "efficientnet_lite0",
 ) -> None:
-    """Run every capability on the default model and bundled sample photos; writes OUT/index.html."""
+    """The HTML report of the default model on bundled photos (and of the leaf models where available)."""
     from convlens.demo import run_demo
 
     console.print(f"convlens demo on {model}, writing {out}/")
     index = run_demo(out, model, log=console.print)
-    console.print(f"open [bold]{index.resolve()}[/bold]")
+    console.print(f"open [bold]{index.resolve().as_uri()}[/bold]")
+    print(index.resolve().as_uri())

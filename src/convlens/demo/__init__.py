@@ -1,35 +1,166 @@
-"""``convlens demo``: every capability on the offline default model and bundled sample photos.
+"""``convlens demo`` (``make demo``): the HTML report of the default model on scikit-image's photos, plus the leaf
+study's models on leaf images where they are available, behind one landing page.
 
-The demo imports the methods; no method imports the demo. Each section is a module of this package with a
-``section(context) -> DemoSection`` function, listed in ``SECTIONS`` in the order the page shows them.
+The demo imports the methods (through the report); no method imports the demo.
 """
 
 from __future__ import annotations
 
-from convlens.demo import cam, featuremaps, occlusion, training, zeiler
-from convlens.demo.core import (
-    SAMPLE_PHOTOS,
-    DemoContext,
-    DemoSection,
-    predictions_section,
-    render_index,
-    sample_photos,
-)
-from convlens.demo.core import run_demo as _run_demo
+import html
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
-SECTIONS = [
-    predictions_section,
-    featuremaps.section,
-    zeiler.section,
-    training.section,
-    cam.section,
-    occlusion.section,
-]
+from convlens.errors import ConvlensError
+from convlens.models import DEFAULT_SPEC
+
+SAMPLE_PHOTOS = ("coffee", "chelsea", "astronaut", "rocket")
+MARKER = ".convlens-demo"  # a folder holding this file is the demo's own and may be replaced
+LEAF_IMAGES = 24  # leaf validation images in each leaf report, evenly across the classes
+# Where `convlens train` may have left the leaf-study baseline (relative to the demo folder's parent or the working
+# directory).
+LEAF_RUN_NAMES = ("leaf-baseline", "runs/leaf-baseline")
 
 
-def run_demo(*args, **kwargs):
-    """Write the demo folder (``convlens-demo`` by default) and return its ``index.html``."""
-    return _run_demo(*args, sections=SECTIONS, **kwargs)
+def sample_photos(folder: Path, names: tuple[str, ...] = SAMPLE_PHOTOS) -> list[Path]:
+    """scikit-image's bundled photos, saved as PNG files (so every command can take them as paths)."""
+    import skimage.data
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name in names:
+        path = folder / f"{name}.png"
+        if not path.exists():
+            Image.fromarray(getattr(skimage.data, name)()).convert("RGB").save(path)
+        paths.append(path)
+    return paths
 
 
-__all__ = ["SAMPLE_PHOTOS", "SECTIONS", "DemoContext", "DemoSection", "render_index", "run_demo", "sample_photos"]
+def shared_data() -> Path | None:
+    """The real data beside the repository (``$CONVLENS_SHARED_DATA``, else ``../shared/data``), if there."""
+    candidates = [os.environ.get("CONVLENS_SHARED_DATA"), Path.cwd().parent / "shared" / "data",
+                  Path(__file__).resolve().parents[4] / "shared" / "data"]
+    return next((Path(c) for c in candidates if c and Path(c).is_dir()), None)
+
+
+def find_leaf_baseline(base: Path) -> Path | None:
+    from convlens.models.checkpoint import find_checkpoint
+
+    for root in (base, base.parent, Path.cwd()):
+        for name in LEAF_RUN_NAMES:
+            if find_checkpoint(root / name) is not None:
+                return root / name
+    return None
+
+
+def load_leaf_keras(folder: Path):
+    """The leaf study's Keras model, where this convlens can read Keras files; ConvlensError otherwise."""
+    from convlens.models import load_model
+
+    errors = []
+    for spec in (folder, *sorted(folder.glob("*.json")), *sorted(folder.glob("*.h5"))):
+        try:
+            return load_model(spec, device="cpu")
+        except ConvlensError as exc:
+            errors.append(str(exc))
+    raise ConvlensError(errors[0] if errors else f"no Keras model in {folder}")
+
+
+def leaf_images(data: Path, class_names: list[str]) -> list[Path]:
+    from convlens.cam.run import collect_images
+
+    return collect_images([data / "leaf" / "validation"], class_names, LEAF_IMAGES).paths
+
+
+@dataclass
+class DemoReport:
+    title: str
+    folder: str  # relative to the demo folder
+    text: str
+    note: str = ""  # why it is missing, when it is
+
+
+def run_demo(out: str | Path = "convlens-demo", model_spec: str = DEFAULT_SPEC, progress: bool = True,
+             log: Callable[[str], None] = print) -> Path:
+    """Write the demo folder and return its ``index.html``."""
+    from convlens.models import load_model
+    from convlens.report import report
+
+    out = Path(out)
+    _replaceable(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).touch()
+    photos = sample_photos(out / "photos")
+    reports: list[DemoReport] = []
+
+    def build(title: str, folder: str, model, images, text: str, **options) -> None:
+        start = time.perf_counter()
+        report(model, images, progress=progress, **options).save(out / folder, progress=progress)
+        reports.append(DemoReport(title, folder, text))
+        log(f"  {title}: {time.perf_counter() - start:.0f} s")
+
+    model = load_model(model_spec)
+    build(f"{model_spec} on scikit-image's photos", "photos-report", model, photos,
+          f"The default model (real ImageNet weights, no download) on {len(photos)} photos: every CAM method, "
+          "projections, occlusion and invariance per photo, a page for each stage's last layer and for its "
+          "strongest units.", units=12)
+    data = shared_data()
+    run = find_leaf_baseline(out)
+    if run is not None and data is not None:
+        leaf_model = load_model(run)
+        build("the leaf baseline", "leaf-baseline", leaf_model, leaf_images(data, leaf_model.class_names),
+              f"The leaf study's baseline CNN trained by `convlens train` ({run}) on {LEAF_IMAGES} leaf validation "
+              "images.", units=16)
+    else:
+        reports.append(DemoReport("the leaf baseline", "", "", "no trained leaf-baseline run or leaf data found "
+                                  "(`convlens train ../shared/data/leaf --out leaf-baseline`)"))
+    if data is not None and (data / "leaf-keras").is_dir():
+        try:
+            keras_model = load_leaf_keras(data / "leaf-keras")
+            build("the leaf study's Keras model", "leaf-keras", keras_model,
+                  leaf_images(data, keras_model.class_names),
+                  f"The published Keras baseline (32 px) on {LEAF_IMAGES} leaf validation images (which leak "
+                  "from its training set: read its predictions accordingly).", units=16)
+        except ConvlensError as exc:
+            reports.append(DemoReport("the leaf study's Keras model", "", "", str(exc)))
+    else:
+        reports.append(DemoReport("the leaf study's Keras model", "", "", "../shared/data/leaf-keras not found"))
+    from convlens.report.assets import CSS, JS
+
+    (out / "assets").mkdir(exist_ok=True)
+    (out / "assets" / "report.css").write_text(CSS)
+    (out / "assets" / "report.js").write_text(JS)
+    index = out / "index.html"
+    index.write_text(landing_page(reports))
+    return index
+
+
+def _replaceable(out: Path) -> None:
+    """Only an empty folder or an earlier demo is replaced: a user's folder is never deleted."""
+    if not out.exists():
+        return
+    if out.is_dir() and ((out / MARKER).exists() or not any(out.iterdir())):
+        shutil.rmtree(out)
+        return
+    raise ConvlensError(f"--out {out} exists and is not a convlens demo folder; choose another path")
+
+
+def landing_page(reports: list[DemoReport]) -> str:
+    from convlens.report.assets import page
+    from convlens.report.pages import inline_code
+
+    items = []
+    for item in reports:
+        if item.folder:
+            items.append(f"<li><a href='{html.escape(item.folder)}/index.html'>{html.escape(item.title)}</a>: "
+                         f"{inline_code(item.text)}</li>")
+        else:
+            items.append(f"<li>{html.escape(item.title)}: not in this demo ({inline_code(item.note)})</li>")
+    body = ("<h1>convlens demo</h1><p class='lead'>Reports made by <code>convlens report MODEL IMAGES --out DIR"
+            "</code>: a model card, a page per image, per layer and per unit. They work offline; send the folder "
+            f"to anyone.</p><ul>{''.join(items)}</ul>")
+    return page("convlens demo", "", body)

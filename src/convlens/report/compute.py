@@ -1,0 +1,252 @@
+"""Every call the report and the web app make into the methods, in one place.
+
+The pages consume the result protocol (``arrays()``, ``summary()``, ``figures()``). Where a method already has
+its top-level function (``convlens.cam(...)``, ``convlens.occlusion(...)``...) returning a ``Result``, it is called;
+where it does not yet, the method's own API is called and wrapped in ``Adapted``, which gives the same three
+views. Switching a method to its top-level function is a change to one function here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from convlens.errors import ConvlensError
+from convlens.models.classifier import ImageClassifier
+from convlens.progress import ProgressLike
+
+
+@dataclass(frozen=True)
+class Adapted:
+    """A method's output seen through the result protocol (until the method returns a ``Result`` itself)."""
+
+    command: str
+    _arrays: dict[str, np.ndarray]
+    _summary: dict[str, Any]
+    _figures: Callable[[], dict] = field(default=dict)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return dict(self._arrays)
+
+    def summary(self) -> dict[str, Any]:
+        return dict(self._summary)
+
+    def figures(self) -> dict:
+        return self._figures()
+
+
+def _numpy(arrays: dict) -> dict[str, np.ndarray]:
+    return {name: value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+            for name, value in arrays.items()}
+
+
+# --- CAM family ----------------------------------------------------------------------------------------------
+def cam_methods() -> dict[str, str]:
+    """CLI name -> title of every CAM method."""
+    from convlens.cam.methods import METHODS
+
+    return {name: method.title for name, method in METHODS.items()}
+
+
+def cam(model: ImageClassifier, inputs: torch.Tensor, method: str = "gradcam", layer: str | None = None,
+        target: Any = "predicted", batch_size: int = 16, progress: ProgressLike = False):
+    """One CAM method on a batch; ``arrays()`` holds ``input``, ``cam`` (N x H x W in 0..1), ``cam_raw``,
+    ``target``, ``predicted``, ``score``."""
+    import time
+
+    from convlens.cam.methods import CAM, cam_method
+
+    kind = cam_method(method)
+    start = time.perf_counter()
+    extractor = kind(model, None if kind is CAM and layer is None else layer, batch_size=batch_size,
+                     progress=bool(progress))
+    result = extractor(inputs, target)
+    seconds = time.perf_counter() - start
+    arrays = {"input": inputs.detach().cpu().numpy(), **result.arrays()}
+    summary = {"command": "cam", "method": result.method, "title": kind.title, "layers": list(result.layers),
+               "targets": [None if t is None else int(t) for t in result.targets],
+               "predicted": [None if p is None else int(p) for p in result.predicted],
+               "compute_seconds": seconds}
+    return Adapted("cam", arrays, summary)
+
+
+# --- occlusion and invariance --------------------------------------------------------------------------------
+def occlusion(model: ImageClassifier, inputs: torch.Tensor, name: str, size: int | None = None,
+              stride: int | None = None, rule: str = "guided", progress: ProgressLike = False):
+    """Occlusion maps of one image (``1 x 3 x H x W``) with its Fig. 7 figure and the attribution overlay."""
+    import time
+
+    from convlens import occlusion as method
+
+    start = time.perf_counter()
+    result = method.occlusion(model, inputs, size=size, stride=stride, progress=bool(progress))
+    projection = method.feature_projection(model, result, rule)
+    seconds = time.perf_counter() - start
+    summary = method.occlusion_summary(model, result, name)
+    summary.update(command="occlusion", projection_rule=rule, compute_seconds=seconds)
+    arrays = _numpy({**result.arrays(), "deconv_projection": projection})
+
+    def figures() -> dict:
+        return {"occlusion": method.occlusion_figure(model, result, projection, rule=rule),
+                "attribution": method.attribution_figure(model, result)}
+
+    return Adapted("occlusion", arrays, summary, figures)
+
+
+def invariance(model: ImageClassifier, images: Sequence, points: dict[str, int] | None = None,
+               progress: ProgressLike = False):
+    """Translation, scale and rotation curves of a few images (Zeiler & Fergus Fig. 5)."""
+    import time
+
+    from convlens import invariance as method
+
+    start = time.perf_counter()
+    result = method.invariance(model, list(images), points=points, progress=bool(progress))
+    seconds = time.perf_counter() - start
+    arrays = {"input": result.inputs}
+    for name, curves in result.curves.items():
+        arrays.update({f"{name}_amounts": curves.amounts, f"{name}_early_distance": curves.early_distance,
+                       f"{name}_late_distance": curves.late_distance, f"{name}_probability": curves.probability})
+    summary = {"command": "invariance", "layers": {"early": result.layers[0], "late": result.layers[1]},
+               "targets": [{"index": t, "name": model.class_name(t)} for t in result.targets],
+               "compute_seconds": seconds}
+    return Adapted("invariance", _numpy(arrays), summary,
+                   lambda: {"invariance": method.invariance_figure(model, result)})
+
+
+# --- deconvnet -----------------------------------------------------------------------------------------------
+def strongest_projections(model: ImageClassifier, inputs: torch.Tensor, layer: str, count: int = 4,
+                          rules: Sequence[str] = ("deconvnet", "guided")):
+    """The ``count`` strongest units of ``layer`` on one image, each peak activation projected to pixels by each
+    rule. ``arrays()``: ``input``, ``units``, ``positions`` (count x 2), ``projection.RULE`` (count x 3 x H x W)."""
+    import time
+
+    from convlens.deconv import probe_layer, project_activations, strongest_position, strongest_units
+
+    start = time.perf_counter()
+    calls, output = probe_layer(model, inputs, layer)
+    activations = output[0]
+    units = strongest_units(activations, count)
+    peaks = [strongest_position(activations[u]) for u in units]
+    batch = inputs.expand(len(units), -1, -1, -1)
+    arrays = {"input": inputs.detach().cpu().numpy(), "units": np.array(units), "positions": np.array(peaks)}
+    for rule in rules:
+        arrays[f"projection.{rule}"] = project_activations(model, batch, layer, units, peaks, rule,
+                                                           layer_calls=calls).numpy()
+    summary = {"command": "deconv", "layer": layer, "units": units, "positions": [list(p) for p in peaks],
+               "rules": list(rules), "peak_values": [float(activations[u][p]) for u, p in zip(units, peaks,
+                                                                                              strict=True)],
+               "compute_seconds": time.perf_counter() - start}
+    return Adapted("deconv", arrays, summary)
+
+
+def unit_projection(model: ImageClassifier, inputs: torch.Tensor, layer: str, unit: int, rule: str = "guided"):
+    """One unit's strongest activation on one image, projected to pixels (the web app's deconv)."""
+    import time
+
+    from convlens.deconv import deconv_projection, probe_layer, strongest_position
+
+    start = time.perf_counter()
+    _, output = probe_layer(model, inputs, layer)
+    if output.dim() != 4 or not 0 <= unit < output.shape[1]:
+        raise ConvlensError(f"unit {unit} out of range: layer {layer!r} has output shape {tuple(output.shape[1:])}")
+    projection = deconv_projection(model, inputs, layer, unit, position="max", rule=rule)
+    peak = strongest_position(output[0, unit])
+    summary = {"command": "deconv", "layer": layer, "unit": unit, "rule": rule, "position": list(peak),
+               "value": float(output[0, unit][peak]), "compute_seconds": time.perf_counter() - start}
+    return Adapted("deconv", {"input": inputs.detach().cpu().numpy(), "projection": projection[None].numpy(),
+                              "activation": output[0, unit].numpy()}, summary)
+
+
+def top_examples(model: ImageClassifier, scan_layer, units: Sequence[int], rule: str = "guided",
+                 batch_size: int = 16, progress: ProgressLike = False):
+    """Patches and projections of the top-k table's slots for ``units`` (``convlens.topk.top_examples``)."""
+    from dataclasses import replace
+
+    from convlens.topk import top_examples as examples
+
+    top = scan_layer.top
+    rows = list(units)
+    picked = replace(top, units=rows, values=top.values[rows], images=top.images[rows],
+                     positions=top.positions[rows])
+    return examples(model, picked, rule, batch_size=batch_size, progress=bool(progress))
+
+
+# --- filters and feature maps --------------------------------------------------------------------------------
+def feeding_conv(model: ImageClassifier | nn.Module, layer: str, channels: int) -> str | None:
+    """The convolution whose filters make ``layer``'s channels: the layer itself, or the last ``Conv2d`` at or
+    before it (in registration order) with as many output channels; None when there is none."""
+    module = model.module if isinstance(model, ImageClassifier) else model
+    found = None
+    for name, child in module.named_modules():
+        if isinstance(child, nn.Conv2d) and child.out_channels == channels:
+            found = name
+        if name == layer:
+            if isinstance(child, nn.Conv2d):
+                return name
+            for inner, grandchild in child.named_modules(prefix=name):
+                if isinstance(grandchild, nn.Conv2d) and grandchild.out_channels == channels:
+                    found = inner
+            return found
+    return None
+
+
+def filters_figure(model: ImageClassifier, conv: str):
+    from convlens.filters import conv_layer
+    from convlens.filters import filters_figure as figure
+
+    return figure(conv, conv_layer(model, conv))
+
+
+def kernel(model: ImageClassifier, conv: str) -> torch.Tensor:
+    from convlens.filters import kernels
+
+    return kernels(model, conv)
+
+
+def default_layers(model: ImageClassifier) -> list[str]:
+    from convlens.featuremaps import default_layers as layers
+
+    return layers(model)
+
+
+def default_cam_layer(model: ImageClassifier) -> str:
+    from convlens.layers import last_spatial_conv
+
+    return last_spatial_conv(model)
+
+
+# --- capabilities built by other work: used where they exist -------------------------------------------------
+def faithfulness(model: ImageClassifier, inputs: torch.Tensor, method: str = "gradcam"):
+    """Faithfulness scores of a CAM method on the images, or a ``str`` saying why there are none."""
+    import convlens
+
+    try:
+        function = convlens.faithfulness
+    except (ImportError, AttributeError):
+        return "faithfulness scores are not part of this convlens version yet (`convlens.faithfulness`)"
+    if not callable(function):
+        return "faithfulness scores are not part of this convlens version yet (`convlens.faithfulness`)"
+    try:
+        return function(model, inputs, method=method)
+    except (ConvlensError, TypeError, ValueError, RuntimeError) as exc:
+        return f"faithfulness scores could not be computed: {exc}"
+
+
+def feature_visualization(model: ImageClassifier, layer: str, unit: int):
+    """A feature visualization of one unit, or a ``str`` saying why there is none."""
+    import convlens
+
+    try:
+        function = convlens.feature_viz
+    except (ImportError, AttributeError):
+        return "feature visualization is not part of this convlens version yet (`convlens.feature_viz`)"
+    try:
+        return function(model, layer=layer, unit=unit)
+    except (ConvlensError, TypeError, ValueError, RuntimeError) as exc:
+        return f"feature visualization could not be computed: {exc}"
