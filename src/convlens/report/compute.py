@@ -40,6 +40,11 @@ class Adapted:
         return self._figures()
 
 
+def legacy_progress(progress: ProgressLike) -> bool:
+    """What the methods' own APIs take today: a rich bar or nothing (a callback is for the new functions)."""
+    return progress is True
+
+
 def _numpy(arrays: dict) -> dict[str, np.ndarray]:
     return {name: value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
             for name, value in arrays.items()}
@@ -64,7 +69,7 @@ def cam(model: ImageClassifier, inputs: torch.Tensor, method: str = "gradcam", l
     kind = cam_method(method)
     start = time.perf_counter()
     extractor = kind(model, None if kind is CAM and layer is None else layer, batch_size=batch_size,
-                     progress=bool(progress))
+                     progress=legacy_progress(progress))
     result = extractor(inputs, target)
     seconds = time.perf_counter() - start
     arrays = {"input": inputs.detach().cpu().numpy(), **result.arrays()}
@@ -77,14 +82,15 @@ def cam(model: ImageClassifier, inputs: torch.Tensor, method: str = "gradcam", l
 
 # --- occlusion and invariance --------------------------------------------------------------------------------
 def occlusion(model: ImageClassifier, inputs: torch.Tensor, name: str, size: int | None = None,
-              stride: int | None = None, rule: str = "guided", progress: ProgressLike = False):
+              stride: int | None = None, rule: str = "guided", target: Any = None, progress: ProgressLike = False):
     """Occlusion maps of one image (``1 x 3 x H x W``) with its Fig. 7 figure and the attribution overlay."""
     import time
 
     from convlens import occlusion as method
 
     start = time.perf_counter()
-    result = method.occlusion(model, inputs, size=size, stride=stride, progress=bool(progress))
+    result = method.occlusion(model, inputs, target=target, size=size, stride=stride,
+                              progress=legacy_progress(progress))
     projection = method.feature_projection(model, result, rule)
     seconds = time.perf_counter() - start
     summary = method.occlusion_summary(model, result, name)
@@ -106,7 +112,7 @@ def invariance(model: ImageClassifier, images: Sequence, points: dict[str, int] 
     from convlens import invariance as method
 
     start = time.perf_counter()
-    result = method.invariance(model, list(images), points=points, progress=bool(progress))
+    result = method.invariance(model, list(images), points=points, progress=legacy_progress(progress))
     seconds = time.perf_counter() - start
     arrays = {"input": result.inputs}
     for name, curves in result.curves.items():
@@ -174,7 +180,7 @@ def top_examples(model: ImageClassifier, scan_layer, units: Sequence[int], rule:
     rows = list(units)
     picked = replace(top, units=rows, values=top.values[rows], images=top.images[rows],
                      positions=top.positions[rows])
-    return examples(model, picked, rule, batch_size=batch_size, progress=bool(progress))
+    return examples(model, picked, rule, batch_size=batch_size, progress=legacy_progress(progress))
 
 
 # --- filters and feature maps --------------------------------------------------------------------------------
@@ -250,3 +256,21 @@ def feature_visualization(model: ImageClassifier, layer: str, unit: int):
         return function(model, layer=layer, unit=unit)
     except (ConvlensError, TypeError, ValueError, RuntimeError) as exc:
         return f"feature visualization could not be computed: {exc}"
+
+
+def feature_maps(model: ImageClassifier, inputs: torch.Tensor, layer: str, count: int = 16):
+    """One layer's feature maps of one image; ``figures()`` draws its ``count`` strongest channels."""
+    import time
+
+    from convlens import featuremaps as method
+
+    start = time.perf_counter()
+    maps, logits = method.forward_with_maps(model, inputs, [layer])
+    activation = maps[layer][0].float().cpu()
+    channels = method.channel_order(activation, "activation", count)
+    summary = {"command": "featuremaps", "layer": layer, "shape": list(activation.shape),
+               "strongest_channels": channels.tolist(), "compute_seconds": time.perf_counter() - start}
+    arrays = {"input": inputs.detach().cpu().numpy(), "activation": activation[None].numpy(),
+              "probabilities": torch.softmax(logits.float(), 1).cpu().numpy()}
+    return Adapted("featuremaps", arrays, summary,
+                   lambda: {"featuremaps": method.layer_figure(layer, activation, channels, "activation")})

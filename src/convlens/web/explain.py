@@ -1,0 +1,104 @@
+"""What one ``/api/explain`` request computes, through the report's adapter (``convlens.report.compute``):
+a result (``arrays()``, ``summary()``) and the PNG the page shows."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from convlens.errors import ConvlensError
+from convlens.models.classifier import ImageClassifier
+from convlens.report import compute
+
+RULES = ("deconvnet", "guided", "gradient")
+OTHER_METHODS = {"occlusion": "Occlusion (Zeiler & Fergus Fig. 7)", "feature_maps": "Feature maps",
+                 **{rule: f"Projection of a unit ({rule})" for rule in RULES}}
+
+
+def methods() -> dict[str, str]:
+    return {**compute.cam_methods(), **OTHER_METHODS}
+
+
+@dataclass(frozen=True)
+class Explained:
+    arrays: dict[str, np.ndarray]
+    summary: dict[str, Any]
+    png: bytes
+    caption: str
+
+
+def explain(model: ImageClassifier, image_path, method: str, layer: str | None, unit: int | None, target,
+            progress) -> Explained:
+    if method not in methods():
+        raise ConvlensError(f"unknown method {method!r}; use one of {', '.join(methods())}")
+    inputs = model.prepare([image_path])
+    display = model.preprocessing.to_display(inputs[0])
+    if method in compute.cam_methods():
+        result = compute.cam(model, inputs, method, layer, target if target is not None else "predicted",
+                             progress=progress)
+        png = _overlay_png(display, result.arrays()["cam"][0])
+    elif method in RULES:
+        if layer is None or unit is None:
+            raise ConvlensError(f"{method} projects one unit: choose a layer and a unit")
+        result = compute.unit_projection(model, inputs, layer, unit, method)
+        from convlens.deconv import projection_image
+
+        png = _rgb_png(projection_image(result.arrays()["projection"][0]))
+    elif method == "occlusion":
+        result = compute.occlusion(model, inputs, str(image_path), target=target, progress=progress)
+        png = _figure_png(result.figures()["occlusion"])
+    else:
+        if layer is None:
+            raise ConvlensError("feature maps are a layer's: choose a layer")
+        result = compute.feature_maps(model, inputs, layer)
+        png = _figure_png(result.figures()["featuremaps"])
+    return Explained(result.arrays(), result.summary(), png, caption(model, method, result.summary()))
+
+
+def caption(model: ImageClassifier, method: str, summary: dict) -> str:
+    """One line saying what the figure shows."""
+    if summary.get("command") == "cam":
+        target = (summary.get("targets") or [None])[0]
+        predicted = (summary.get("predicted") or [None])[0]
+        name = model.class_name(target) if target is not None else "the target"
+        which = " (the predicted class)" if target is not None and target == predicted else ""
+        return (f"{summary.get('title', method)} at {', '.join(summary.get('layers', []))}: evidence for {name}"
+                f"{which}, scaled 0 to 1")
+    if summary.get("command") == "deconv":
+        return (f"{summary['rule']} projection of unit {summary['unit']} of {summary['layer']} at its strongest "
+                f"position {tuple(summary['position'])} (activation {summary['value']:.3g}); grey is zero")
+    if summary.get("command") == "occlusion":
+        target = summary.get("targets", [{}])[0]
+        return f"occlusion: probability of {target.get('name')} as a grey square slides over the image"
+    return f"feature maps of {summary.get('layer')}: its strongest channels, each on its own scale"
+
+
+def _rgb_png(array: np.ndarray) -> bytes:
+    from PIL import Image
+
+    from convlens.report.pngs import to_uint8
+
+    image = Image.fromarray(to_uint8(array))
+    factor = max(1, -(-224 // min(image.size)))
+    image = image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _overlay_png(display: np.ndarray, heatmap: np.ndarray) -> bytes:
+    from convlens.render import overlay
+
+    return _rgb_png(overlay(display, heatmap, alpha=0.5, cmap="jet"))
+
+
+def _figure_png(figure) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
+    plt.close(figure)
+    return buffer.getvalue()
