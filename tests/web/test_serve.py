@@ -157,3 +157,23 @@ def test_check_image_applies_the_megapixel_rule():
     with pytest.raises(UploadError) as raised:
         check_image(buffer.getvalue())
     assert raised.value.status == 413 and "megapixels" in str(raised.value)
+
+
+def test_report_pages_are_built_on_demand(server, browser):
+    first = httpx.get(f"{server}/report/", timeout=30)
+    assert first.status_code == 200  # a "building" page that reloads itself, or the report when it is ready
+    deadline = time.monotonic() + 300
+    while "convlens report" not in httpx.get(f"{server}/report/index.html", timeout=30).text:
+        assert time.monotonic() < deadline, "the report was not built in 5 minutes"
+        time.sleep(1)
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    page.goto(f"{server}/report/index.html")
+    page.click("text=relu2")
+    page.wait_for_url("**/report/layers/relu2/index.html")
+    page.click("a[href^='units/']")
+    page.wait_for_url("**/report/layers/relu2/units/*.html")
+    page.close()
+    assert errors == []
+    assert httpx.get(f"{server}/report/%2e%2e/%2e%2e/etc/passwd", timeout=10).status_code == 404

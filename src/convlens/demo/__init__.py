@@ -19,7 +19,8 @@ from convlens.models import DEFAULT_SPEC
 
 SAMPLE_PHOTOS = ("coffee", "chelsea", "astronaut", "rocket")
 MARKER = ".convlens-demo"  # a folder holding this file is the demo's own and may be replaced
-LEAF_IMAGES = 24  # leaf validation images in each leaf report, evenly across the classes
+LEAF_IMAGES = 24
+DEMO_CAM_LAYER = "blocks.6"  # leaf validation images in each leaf report, evenly across the classes
 # Where `convlens train` may have left the leaf-study baseline (relative to the demo folder's parent or the working
 # directory).
 LEAF_RUN_NAMES = ("leaf-baseline", "runs/leaf-baseline")
@@ -70,10 +71,18 @@ def load_leaf_keras(folder: Path):
     raise ConvlensError(errors[0] if errors else f"no Keras model in {folder}")
 
 
-def leaf_images(data: Path, class_names: list[str]) -> list[Path]:
-    from convlens.cam.run import collect_images
+def leaf_images(data: Path, count: int = LEAF_IMAGES) -> list[Path]:
+    """``count`` leaf validation images, taken from the class folders in turn (an even sample)."""
+    from convlens.data.images import list_images
 
-    return collect_images([data / "leaf" / "validation"], class_names, LEAF_IMAGES).paths
+    folders = sorted(p for p in (data / "leaf" / "validation").iterdir() if p.is_dir())
+    queues = [list_images(folder) for folder in folders]
+    picked: list[Path] = []
+    while len(picked) < count and any(queues):
+        for queue in queues:
+            if queue and len(picked) < count:
+                picked.append(queue.pop(0))
+    return picked
 
 
 @dataclass
@@ -107,12 +116,14 @@ def run_demo(out: str | Path = "convlens-demo", model_spec: str = DEFAULT_SPEC, 
     build(f"{model_spec} on scikit-image's photos", "photos-report", model, photos,
           f"The default model (real ImageNet weights, no download) on {len(photos)} photos: every CAM method, "
           "projections, occlusion and invariance per photo, a page for each stage's last layer and for its "
-          "strongest units.", units=12)
+          "strongest units. The CAMs read EfficientNet's last block (320 channels), where Score-CAM and "
+          "Ablation-CAM stay quick.", units=12, cam_layer=DEMO_CAM_LAYER if DEMO_CAM_LAYER in dict(
+              model.module.named_modules()) else None)
     data = shared_data()
     run = find_leaf_baseline(out)
     if run is not None and data is not None:
         leaf_model = load_model(run)
-        build("the leaf baseline", "leaf-baseline", leaf_model, leaf_images(data, leaf_model.class_names),
+        build("the leaf baseline", "leaf-baseline", leaf_model, leaf_images(data),
               f"The leaf study's baseline CNN trained by `convlens train` ({run}) on {LEAF_IMAGES} leaf validation "
               "images.", units=16)
     else:
@@ -122,7 +133,7 @@ def run_demo(out: str | Path = "convlens-demo", model_spec: str = DEFAULT_SPEC, 
         try:
             keras_model = load_leaf_keras(data / "leaf-keras")
             build("the leaf study's Keras model", "leaf-keras", keras_model,
-                  leaf_images(data, keras_model.class_names),
+                  leaf_images(data),
                   f"The published Keras baseline (32 px) on {LEAF_IMAGES} leaf validation images (which leak "
                   "from its training set: read its predictions accordingly).", units=16)
         except ConvlensError as exc:

@@ -111,7 +111,7 @@ def report(model: ImageClassifier | str, images, *, layers: list[str] | None = N
         model = load_model(model)
     if k < 1 or (units is not None and units < 1) or details < 0 or batch_size < 1:
         raise ConvlensError("k, units and batch_size must be at least 1, details at least 0")
-    from convlens.deconv import check_rule
+    from convlens.report.compute import check_rule
 
     check_rule(rule)
     options = Options(tuple(layers) if layers else None, units, k, tuple(methods) if methods else None, cam_layer,

@@ -40,6 +40,7 @@ class Options:
     rule: str = "guided"  # deconv rule of the unit pages' top-k projections
     feature_viz: bool = False  # feature visualization of every unit with a page (long)
     batch_size: int = 32
+    max_cam_passes: int = 4096  # Score-CAM / Ablation-CAM beyond this many forward passes: a note (unless asked)
 
 
 @dataclass
@@ -139,6 +140,13 @@ def _cam(result: Collected, progress: ProgressLike) -> None:
     methods = result.options.methods or tuple(compute.cam_methods())
     inputs = inputs_of(result)
     for method in methods:
+        passes = compute.cam_extra_passes(result.model, method, result.cam_layer, len(inputs))
+        if result.options.methods is None and passes > result.options.max_cam_passes:
+            result.cams[method] = (f"{compute.cam_methods()[method]} runs the model once per channel of "
+                                   f"{result.cam_layer} and image ({passes} forward passes), over the report's "
+                                   f"budget of {result.options.max_cam_passes}; `--method {method}` computes it "
+                                   "anyway, `--cam-layer` picks a layer with fewer channels")
+            continue
         try:
             result.cams[method] = compute.cam(result.model, inputs, method, result.cam_layer,
                                               batch_size=min(16, result.options.batch_size))

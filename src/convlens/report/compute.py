@@ -58,6 +58,17 @@ def cam_methods() -> dict[str, str]:
     return {name: method.title for name, method in METHODS.items()}
 
 
+def cam_extra_passes(model: ImageClassifier, method: str, layer: str, images: int) -> int:
+    """Forward passes a method adds per call: one per channel and image for Score-CAM and Ablation-CAM."""
+    from convlens.cam.methods import cam_method
+    from convlens.layers import layer_table
+
+    if not cam_method(method).extra_passes:
+        return 0
+    shapes = {row.name: row.output_shape for row in layer_table(model)}
+    return images * (shapes.get(layer) or (0,))[0]
+
+
 def cam(model: ImageClassifier, inputs: torch.Tensor, method: str = "gradcam", layer: str | None = None,
         target: Any = "predicted", batch_size: int = 16, progress: ProgressLike = False):
     """One CAM method on a batch; ``arrays()`` holds ``input``, ``cam`` (N x H x W in 0..1), ``cam_raw``,
@@ -207,6 +218,29 @@ def filters_figure(model: ImageClassifier, conv: str):
     from convlens.filters import filters_figure as figure
 
     return figure(conv, conv_layer(model, conv))
+
+
+def check_rule(rule: str) -> str:
+    from convlens.deconv import check_rule as check
+
+    return check(rule)
+
+
+def projection_image(projection) -> np.ndarray:
+    """A projection (``3 x H x W``) as a display image: zero is mid-grey."""
+    from convlens.deconv import projection_image as display
+
+    return display(projection)
+
+
+def filter_tile(weight: torch.Tensor, groups: int) -> tuple[str, np.ndarray]:
+    """One filter (``1 x in x kh x kw``) as a tile in [0, 1]: RGB when it reads pixels, else the mean over its
+    input channels; with what it is (``"rgb"`` or ``"mean"``)."""
+    from convlens.filters import filter_tiles
+
+    if weight.shape[1] == 3 and groups == 1:
+        return "rgb", filter_tiles(weight).tiles[0]
+    return "mean", filter_tiles(weight, reduce="mean").tiles[0]
 
 
 def kernel(model: ImageClassifier, conv: str) -> torch.Tensor:

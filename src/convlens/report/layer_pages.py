@@ -117,8 +117,6 @@ def write_unit_page(collected: Collected, layer: str, unit: int, write: Writer) 
 
 
 def _unit_filter(collected: Collected, layer: str, unit: int, folder: str, write: Writer) -> str:
-    from convlens.filters import filter_tiles
-
     conv = collected.convs.get(layer)
     head = "<h2>Filter</h2>"
     if conv is None:
@@ -128,10 +126,7 @@ def _unit_filter(collected: Collected, layer: str, unit: int, folder: str, write
     if unit >= weight.shape[0]:
         return head + note(f"{conv} has {weight.shape[0]} filters.")
     single = weight[unit:unit + 1]
-    if single.shape[1] == 3 and groups == 1:
-        tiles = [("rgb", filter_tiles(single).tiles[0])]
-    else:
-        tiles = [("mean", filter_tiles(single, reduce="mean").tiles[0])]
+    tiles = [compute.filter_tile(single, groups)]
     parts = []
     for name, tile in tiles:
         src = f"{unit}/filter-{name}.png"
@@ -147,8 +142,6 @@ def _unit_filter(collected: Collected, layer: str, unit: int, folder: str, write
 
 
 def _unit_top(collected: Collected, layer: str, unit: int, folder: str, write: Writer) -> str:
-    from convlens.deconv import projection_image
-
     k = collected.options.k
     examples = collected.examples.get(layer)
     head = (f"<h2>Top-{k} activations</h2><p class='lead'>The images where this unit fires hardest (each image "
@@ -164,8 +157,8 @@ def _unit_top(collected: Collected, layer: str, unit: int, folder: str, write: W
             continue
         entry = collected.images[image]
         projection_src, patch_src = f"{unit}/top{rank}-projection.png", f"{unit}/top{rank}-patch.png"
-        pngs.write_rgb(projection_image(examples.projections[row, rank]), write(f"{folder}/top{rank}-projection.png"),
-                       min_side=96)
+        pngs.write_rgb(compute.projection_image(examples.projections[row, rank]),
+                       write(f"{folder}/top{rank}-projection.png"), min_side=96)
         pngs.write_rgb(examples.patches[row, rank], write(f"{folder}/top{rank}-patch.png"), min_side=96)
         cells.append(f"<div class='pair'><div class='imgs'><img src='{projection_src}' alt='projection' "
                      f"loading='lazy'><img src='{patch_src}' alt='patch' loading='lazy'></div><span>{rank + 1}. "

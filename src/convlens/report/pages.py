@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from convlens.report import pngs
+from convlens.report import compute, pngs
 from convlens.report.assets import page
 from convlens.report.collect import Collected, ImageEntry
 
@@ -178,8 +178,6 @@ def _cam_section(collected: Collected, entry: ImageEntry, image: np.ndarray, fol
 
 
 def _projection_section(collected: Collected, entry: ImageEntry, folder: str, write: Writer) -> str:
-    from convlens.deconv import projection_image
-
     result = collected.projections.get(entry.index)
     layer = collected.projection_layer
     head = (f"<h2>Projections of the strongest units</h2><p class='lead'>The four units of <a href='"
@@ -194,7 +192,7 @@ def _projection_section(collected: Collected, entry: ImageEntry, folder: str, wr
         tiles = []
         for n, unit in enumerate(summary["units"]):
             src = f"{entry.slug}/projection-{rule}-{unit}.png"
-            pngs.write_rgb(projection_image(arrays[f"projection.{rule}"][n]), write(f"images/{src}"))
+            pngs.write_rgb(compute.projection_image(arrays[f"projection.{rule}"][n]), write(f"images/{src}"))
             label = (f"<a href='{e(unit_href(layer, unit, '../'))}'>unit {unit}</a>"
                      if unit in collected.unit_pages.get(layer, []) else f"unit {unit}")
             tiles.append(f"<div class='card'><a class='zoom' href='{src}'><img src='{src}' alt='{e(rule)} unit "

@@ -84,7 +84,7 @@ def create_app(model: ImageClassifier, images: list[Path] | None = None, *, work
     app = FastAPI(title="convlens serve", description="See inside an image CNN: upload an image, choose a layer, a "
                   "unit, a method and a target; the JSON API returns a result's arrays() and summary().",
                   version="1", lifespan=lifespan)
-    app.state.pool, app.state.store = pool, store
+    app.state.pool, app.state.store, app.state.cache = pool, store, cache
 
     @app.middleware("http")
     async def limit_body(request: Request, call_next):
@@ -135,7 +135,7 @@ def create_app(model: ImageClassifier, images: list[Path] | None = None, *, work
 
     @app.post("/api/explain", summary="Run a method on an image: the result's arrays() and summary(), and the "
                                       "address of its figure")
-    async def explain(request: ExplainRequest) -> dict:
+    async def explain(request: ExplainRequest) -> JSONResponse:
         stored = store.get(request.image)
         target = _target(request.target)
         key = cache_key(fingerprint, stored.id, request.method, request.layer, request.unit, target)
@@ -150,9 +150,10 @@ def create_app(model: ImageClassifier, images: list[Path] | None = None, *, work
         missing = [name for name in wanted if name not in result.arrays]
         if missing:
             raise HTTPException(400, f"no array {missing[0]!r}; this result has {', '.join(result.arrays)}")
-        return {"key": key, "cached": cached, "figure": f"/api/figures/{key}.png", "caption": result.caption,
-                "summary": to_json(result.summary),
-                "arrays": {name: array_json(result.arrays[name]) for name in wanted}}
+        # JSONResponse straight away: FastAPI's encoder would walk every number of the arrays one by one
+        return JSONResponse({"key": key, "cached": cached, "figure": f"/api/figures/{key}.png",
+                             "caption": result.caption, "summary": to_json(result.summary),
+                             "arrays": {name: array_json(result.arrays[name]) for name in wanted}})
 
     @app.get("/api/figures/{key}.png", summary="The figure of a computed result", response_class=Response)
     async def figure(key: str) -> Response:

@@ -44,9 +44,7 @@ def explain(model: ImageClassifier, image_path, method: str, layer: str | None, 
         if layer is None or unit is None:
             raise ConvlensError(f"{method} projects one unit: choose a layer and a unit")
         result = compute.unit_projection(model, inputs, layer, unit, method)
-        from convlens.deconv import projection_image
-
-        png = _rgb_png(projection_image(result.arrays()["projection"][0]))
+        png = _rgb_png(compute.projection_image(result.arrays()["projection"][0]))
     elif method == "occlusion":
         result = compute.occlusion(model, inputs, str(image_path), target=target, progress=progress)
         png = _figure_png(result.figures()["occlusion"])

@@ -56,6 +56,10 @@ class ResultCache:
             self._items.move_to_end(key)
             return self._items[key]
 
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
     def put(self, key: str, value: Any) -> None:
         with self._lock:
             self._items[key] = value
