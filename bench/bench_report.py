@@ -86,7 +86,8 @@ def _leaf_model():
     from convlens.errors import ConvlensError
 
     try:
-        return load_leaf_keras(SHARED_DATA / "leaf-keras").to(str(DEVICE)), "the leaf Keras model"
+        model = load_leaf_keras(SHARED_DATA / "leaf-keras", LEAF / "validation")
+        return model.to(str(DEVICE)), "the leaf Keras model"
     except ConvlensError:
         torch.manual_seed(0)
         return convlens.load_model("baseline:32", device=str(DEVICE)), "baseline:32 (random weights)"

@@ -58,17 +58,19 @@ def find_leaf_baseline(base: Path) -> Path | None:
     return None
 
 
-def load_leaf_keras(folder: Path):
-    """The leaf study's Keras model, where this convlens can read Keras files; ConvlensError otherwise."""
+def load_leaf_keras(folder: Path, classes: Path | None = None):
+    """The leaf study's Keras model (``keras:ARCHITECTURE.json`` with its ``.h5`` weights, inputs rescaled to
+    [0, 1], class names from the leaf folder), where this convlens reads Keras files; ConvlensError otherwise."""
     from convlens.models import load_model
 
-    errors = []
-    for spec in (folder, *sorted(folder.glob("*.json")), *sorted(folder.glob("*.h5"))):
-        try:
-            return load_model(spec, device="cpu")
-        except ConvlensError as exc:
-            errors.append(str(exc))
-    raise ConvlensError(errors[0] if errors else f"no Keras model in {folder}")
+    architectures, weights = sorted(folder.glob("*.json")), sorted(folder.glob("*.h5"))
+    if not architectures or not weights:
+        raise ConvlensError(f"no Keras model (JSON + .h5) in {folder}")
+    try:
+        return load_model(f"keras:{architectures[0]}", weights=weights[0], device="cpu", classes=classes,
+                          preprocess="unit")
+    except TypeError:  # a load_model without Keras support
+        raise ConvlensError("this convlens version cannot read Keras models (keras:PATH)") from None
 
 
 def leaf_images(data: Path, count: int = LEAF_IMAGES) -> list[Path]:
@@ -131,7 +133,7 @@ def run_demo(out: str | Path = "convlens-demo", model_spec: str = DEFAULT_SPEC, 
                                   "(`convlens train ../shared/data/leaf --out leaf-baseline`)"))
     if data is not None and (data / "leaf-keras").is_dir():
         try:
-            keras_model = load_leaf_keras(data / "leaf-keras")
+            keras_model = load_leaf_keras(data / "leaf-keras", data / "leaf" / "validation")
             build("the leaf study's Keras model", "leaf-keras", keras_model,
                   leaf_images(data),
                   f"The published Keras baseline (32 px) on {LEAF_IMAGES} leaf validation images (which leak "

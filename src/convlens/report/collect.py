@@ -60,7 +60,7 @@ class Collected:
     occlusions: dict[int, Any] = field(default_factory=dict)
     invariances: dict[int, Any] = field(default_factory=dict)
     faithfulness: Any = None
-    feature_viz: dict[tuple[str, int], Any] = field(default_factory=dict)
+    feature_viz: dict[str, Any] = field(default_factory=dict)  # layer -> result over its unit pages, or a note
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -183,9 +183,9 @@ def _faithfulness(result: Collected, progress: ProgressLike) -> None:
 
 
 def _feature_viz(result: Collected, progress: ProgressLike) -> None:
+    paths = [entry.path for entry in result.images]
     for name in result.layers:
-        for unit in result.unit_pages[name]:
-            result.feature_viz[(name, unit)] = compute.feature_visualization(result.model, name, unit)
+        result.feature_viz[name] = compute.feature_visualization(result.model, name, result.unit_pages[name], paths)
 
 
 def arrays(result: Collected) -> dict[str, np.ndarray]:

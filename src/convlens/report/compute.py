@@ -278,8 +278,9 @@ def faithfulness(model: ImageClassifier, inputs: torch.Tensor, method: str = "gr
         return f"faithfulness scores could not be computed: {exc}"
 
 
-def feature_visualization(model: ImageClassifier, layer: str, unit: int):
-    """A feature visualization of one unit, or a ``str`` saying why there is none."""
+def feature_visualization(model: ImageClassifier, layer: str, units: Sequence[int], reference=None):
+    """Feature visualizations of ``units`` of ``layer`` (one batch), compared with the natural ``reference``
+    images where given; or a ``str`` saying why there are none."""
     import convlens
 
     try:
@@ -287,7 +288,7 @@ def feature_visualization(model: ImageClassifier, layer: str, unit: int):
     except (ImportError, AttributeError):
         return "feature visualization is not part of this convlens version yet (`convlens.feature_viz`)"
     try:
-        return function(model, layer=layer, unit=unit)
+        return function(model, layer, list(units), reference=reference)
     except (ConvlensError, TypeError, ValueError, RuntimeError) as exc:
         return f"feature visualization could not be computed: {exc}"
 

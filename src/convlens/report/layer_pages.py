@@ -170,16 +170,21 @@ def _unit_top(collected: Collected, layer: str, unit: int, folder: str, write: W
 
 
 def _unit_feature_viz(collected: Collected, layer: str, unit: int, folder: str, write: Writer) -> str:
-    head = ("<h2>Feature visualization</h2><p class='lead'>An input optimised to excite this unit.</p>")
-    result = collected.feature_viz.get((layer, unit))
+    head = ("<h2>Feature visualization</h2><p class='lead'>An input optimised to excite this unit, and how far "
+            "it drives the unit compared with the best of the report's images.</p>")
+    result = collected.feature_viz.get(layer)
     if result is None:
         return head + note("Feature visualization: long to compute, not asked for (`convlens report ... "
                            "--feature-viz`).")
     if isinstance(result, str):
         return head + note(f"Feature visualization: {result}")
-    parts = []
-    for name, figure in result.figures().items():
-        src = f"{unit}/{name}.png"
-        size = pngs.write_figure(figure, write(f"{folder}/{name}.png"))
-        parts.append(zoom_figure(src, size, f"feature visualization {name}"))
-    return head + "".join(parts)
+    arrays, summary = result.arrays(), result.summary()
+    row = [int(u) for u in arrays["units"]].index(unit)
+    pngs.write_rgb(np.transpose(arrays["images"][row], (1, 2, 0)), write(f"{folder}/feature-viz.png"), min_side=224)
+    facts = summary["units"][row]
+    text = f"the unit reaches {facts['reached'][0]:.3g}"
+    if "natural_top1" in facts:
+        text += f" (best of the images: {facts['natural_top1']:.3g})"
+    return (head + f"<div class='cards'><div class='card'><a class='zoom' href='{unit}/feature-viz.png'><img "
+            f"src='{unit}/feature-viz.png' alt='feature visualization'></a><div class='caption'>{e(text)}</div>"
+            "</div></div>")
