@@ -8,6 +8,7 @@ Memory stays bounded by the images' inputs (kept when they fit, for the projecti
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from convlens.errors import ConvlensError
-from convlens.hooks import capture, module_device
+from convlens.hooks import capture, forward_hooks, module_device
 from convlens.models.classifier import ImageClassifier
 from convlens.progress import ProgressLike, track
 from convlens.topk import KEPT_INPUT_BYTES, TopActivations, _RunningTop, image_batches
@@ -143,23 +144,24 @@ def shared_pass(model: ImageClassifier, paths: Sequence[Path], layers: Sequence[
     example_bytes = 3 * model.input_size[0] * model.input_size[1] * 4
     keep_inputs = len(paths) * example_bytes <= KEPT_INPUT_BYTES
     accumulators = {name: _LayerAccumulator(name, k) for name in layers}
-    calls = {name: 0 for name in layers}
+    calls = {name: 0 for name in layers}  # runs per forward pass: the top-k projections stop after the last
     probabilities, kept = [], []
     device = module_device(model)
     with capture(model, list(layers)) as seen, torch.inference_mode():
-        counter = _CallCounter(model, layers)
-        for inputs, indices, errors in track(loader, len(loader), "report: scanning images", progress):
+        for batch, (inputs, indices, errors) in enumerate(track(loader, len(loader), "report: scanning images",
+                                                                progress)):
             for error in errors:
                 if error:
                     raise ConvlensError(error)
-            with counter:
+            counting = forward_hooks(model, {name: _counter(calls, name) for name in layers}) if batch == 0 \
+                else nullcontext()
+            with counting:
                 output = model.module(inputs.to(device))
             probabilities.append(torch.softmax(output.float(), dim=1).cpu())
             for name in layers:
                 accumulators[name].add(seen[name], indices)
             if keep_inputs:
                 kept.append(inputs.clone())
-        calls = counter.calls
     inputs = torch.cat(kept) if keep_inputs else None
     kept_by_index = {i: inputs[i] for i in range(len(paths))} if inputs is not None else {}
     scan = Scan(paths, torch.cat(probabilities), inputs)
@@ -168,34 +170,8 @@ def shared_pass(model: ImageClassifier, paths: Sequence[Path], layers: Sequence[
     return scan
 
 
-class _CallCounter:
-    """How many times each layer runs in one forward pass (the top-k projections stop after the last call)."""
+def _counter(calls: dict[str, int], name: str):
+    def hook(module, args, output) -> None:
+        calls[name] += 1
 
-    def __init__(self, model: ImageClassifier, layers: Sequence[str]) -> None:
-        self.model, self.layers = model, list(layers)
-        self.calls: dict[str, int] = {}
-        self._counting = True
-        self._context = None
-
-    def __enter__(self):
-        from convlens.hooks import forward_hooks
-
-        if not self._counting:
-            return self
-        self.calls = {name: 0 for name in self.layers}
-
-        def counter(name):
-            def hook(module, args, output):
-                self.calls[name] += 1
-
-            return hook
-
-        self._context = forward_hooks(self.model, {name: counter(name) for name in self.layers})
-        self._context.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._context is not None:
-            self._context.__exit__(*exc)
-            self._context = None
-            self._counting = False  # the first batch is enough
+    return hook
