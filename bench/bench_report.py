@@ -7,8 +7,8 @@
   HTTP client: the cost of HTTP, JSON and the worker hand-off is in the ratio.
 - Report of the 178 leaf validation images (48 in quick mode) with the leaf model (the study's Keras model where
   this convlens reads Keras files, else the baseline CNN at 32 px, random weights) against the separate library
-  calls that make the same content: ``predict``; ``run_featuremaps`` per image (each image's feature maps at
-  the report's layers); per layer ``run_filters`` and ``top_activations`` + ``top_examples`` for the same 16
+  calls that make the same content: ``predict``; ``feature_maps`` per image (each image's feature maps at
+  the report's layers); ``filters`` of the layers' convolutions; per layer ``top_activations`` + ``top_examples`` for the same 16
   units; ``run_cam`` with every CAM method; ``run_occlusion`` and ``run_invariance`` for the 8 detailed images
   and their projections. Target <= 0.7x: the report's one shared pass feeds the predictions, the feature maps,
   the top-k tables and the histograms.
@@ -98,8 +98,6 @@ def _report_case(quick: bool, folder: Path) -> BenchCase | None:
     from convlens.cam.methods import METHODS
     from convlens.cam.run import run_cam
     from convlens.data import list_images
-    from convlens.featuremaps import default_layers, run_featuremaps
-    from convlens.filters import run_filters
     from convlens.invariance import run_invariance
     from convlens.occlusion import run_occlusion
     from convlens.predict import predict
@@ -111,7 +109,7 @@ def _report_case(quick: bool, folder: Path) -> BenchCase | None:
         return None
     paths = list_images(validation)[: 48 if quick else None]
     model, name = _leaf_model()
-    layers = default_layers(model)
+    layers = compute.default_layers(model)
     details, units = 8, 16
     methods = [m for m in METHODS if m != "cam"]  # CAM needs a global-average-pooling head the baseline lacks
     counter = iter(range(10**6))
@@ -125,11 +123,11 @@ def _report_case(quick: bool, folder: Path) -> BenchCase | None:
         out = folder / f"separate-{next(counter)}"
         predictions = predict(model, paths)
         for index, path in enumerate(paths):
-            run_featuremaps(model, path, layers, out / f"featuremaps-{index}", order="activation")
+            convlens.feature_maps(model, path, layers).save(out / f"featuremaps-{index}")
         for layer in layers:
             top = top_activations(model, paths, layer, units=f"0:{units}", k=9)
             top_examples(model, top, "guided")
-        run_filters(model, [c for c in _convs(model, layers) if c], out / "filters")
+        convlens.filters(model, [c for c in _convs(model, layers) if c]).save(out / "filters")
         run_cam(model, paths, out / "cam", methods=methods, limit=0)
         for index, path in enumerate(paths[:details]):
             run_occlusion(model, path, out / f"occlusion-{index}", rule="guided")

@@ -7,7 +7,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from convlens.hooks import preserved_state
+from convlens.errors import ConvlensError
+from convlens.hooks import first_tensor, forward_hooks, module_device, preserved_state
 from convlens.models.classifier import ImageClassifier, as_module
 
 
@@ -29,15 +30,9 @@ def layer_table(model: ImageClassifier | nn.Module, input_size: tuple[int, int] 
         input_size = default_input_size(model)
     shapes: dict[str, tuple[int, ...]] = {}
     named = [(name, m) for name, m in module.named_modules() if name]
-    with preserved_state(module) as net:
-        handles = [m.register_forward_hook(_shape_recorder(name, shapes)) for name, m in named]
-        try:
-            device = next(iter(net.parameters()), torch.empty(0)).device
-            with torch.inference_mode():
-                net(torch.zeros(1, 3, *input_size, device=device))
-        finally:
-            for handle in handles:
-                handle.remove()
+    with preserved_state(module) as net, forward_hooks(net, {name: _shape_recorder(name, shapes) for name, _ in named}):
+        with torch.inference_mode():
+            net(torch.zeros(1, 3, *input_size, device=module_device(net)))
     return [
         LayerInfo(name, type(m).__name__, shapes.get(name), sum(p.numel() for p in m.parameters()))
         for name, m in named
@@ -54,9 +49,10 @@ def default_input_size(model: ImageClassifier | nn.Module) -> tuple[int, int]:
 
 def _shape_recorder(name: str, shapes: dict):
     def hook(module, inputs, output):
-        tensor = output[0] if isinstance(output, (tuple, list)) else output
-        if isinstance(tensor, torch.Tensor):
-            shapes[name] = tuple(tensor.shape[1:])
+        try:
+            shapes[name] = tuple(first_tensor(output, name).shape[1:])
+        except ConvlensError:  # not a tensor: no shape to show
+            pass
 
     return hook
 
@@ -70,8 +66,6 @@ def conv_layers(model: ImageClassifier | nn.Module, input_size: tuple[int, int] 
 
 def last_spatial_conv(model: ImageClassifier | nn.Module, input_size: tuple[int, int] | None = None) -> str:
     """The last conv layer whose output still has spatial extent (more than 1x1): the usual CAM layer."""
-    from convlens.errors import ConvlensError
-
     rows = [row for row in conv_layers(model, input_size) if row.output_shape[1] * row.output_shape[2] > 1]
     if not rows:
         raise ConvlensError("the model has no conv layer with spatial output; pass --layer")

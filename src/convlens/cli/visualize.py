@@ -1,14 +1,13 @@
-"""``convlens filters`` and ``convlens featuremaps``."""
+"""``convlens filters`` and ``convlens featuremaps``: parse, call the library, save the result."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from convlens.cli.app import app
-from convlens.cli.common import DeviceOpt, LayerOpt, ModelArg, OutOpt, WeightsOpt, done, open_model
+from convlens.cli.common import DeviceOpt, ImagesArg, LayerOpt, ModelArg, OutOpt, WeightsOpt, done, open_model
 
 
 @app.command("filters")
@@ -17,40 +16,49 @@ def filters_command(
     out: OutOpt,
     layer: LayerOpt = None,
     max_filters: Annotated[int | None, typer.Option(
-        "--max", help="Filters shown per layer (default 64 tiles, or 16 rows of a filters x channels matrix).")] = None,
+        "--max", help="Filters shown per layer (default 64 tiles, 16 rows of a filters x channels matrix, or all "
+                      "rows of a 1x1 layer's matrix).")] = None,
     reduce: Annotated[str, typer.Option(
-        "--reduce", help="none: each filter's input channels as a row of tiles; mean: one tile per filter.")] = "none",
+        "--reduce", help="none: each filter's input channels as a row of tiles; mean: one tile per filter "
+                         "(1x1 layers are always one matrix of weights).")] = "none",
     shared_scale: Annotated[bool, typer.Option(
         "--shared-scale", help="One colour scale for the whole layer instead of one per filter.")] = False,
-    max_channels: Annotated[int, typer.Option(
-        "--max-channels", help="Input channels shown per filter in the filters x channels matrix.")] = 16,
+    max_channels: Annotated[int | None, typer.Option(
+        "--max-channels", help="Input channels shown per filter (default 16 in the filters x channels matrix, "
+                               "all in a 1x1 layer's matrix).")] = None,
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
 ) -> None:
-    """Kernels of conv layers as image grids (default layer: the first conv); RGB first layers in colour."""
-    from convlens.filters import run_filters
+    """Kernels of conv layers as image grids (default layer: the first conv); RGB first layers in colour, 1x1
+    layers as one filters x input-channels matrix."""
+    from convlens.filters import filters
 
     classifier = open_model(model, weights, device)
-    done(run_filters(classifier, layer, out, max_filters, reduce, shared_scale, max_channels, progress=True))
+    result = filters(classifier, layer, max_filters=max_filters, reduce=reduce, shared_scale=shared_scale,
+                     max_channels=max_channels, progress=True)
+    done(result.save(out))
 
 
 @app.command("featuremaps")
 def featuremaps_command(
     model: ModelArg,
-    image: Annotated[Path, typer.Argument(metavar="IMAGE", help="Image file.")],
+    images: ImagesArg,
     out: OutOpt,
     layer: LayerOpt = None,
-    max_channels: Annotated[int | None, typer.Option(
-        "--max", help="Channels drawn per layer (default: all).")] = None,
+    max_channels: Annotated[int, typer.Option(
+        "--max", help="Channels drawn per layer grid (default 64; 0 draws all).")] = 64,
     order: Annotated[str, typer.Option(
-        "--order", help="index: channels 0, 1, ...; activation: strongest mean activation first.")] = "index",
+        "--order", help="activation: strongest mean activation first; index: channels 0, 1, ...")] = "activation",
     per_row: Annotated[int, typer.Option("--per-row", help="Maps per layer in the overview figure.")] = 8,
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
 ) -> None:
     """Activation maps of each channel at chosen layers (default: the end of each stage) plus an overview
-    with the top-3 predictions."""
-    from convlens.featuremaps import run_featuremaps
+    with the top-3 predictions, for each image."""
+    from convlens.data.images import expand_image_args
+    from convlens.featuremaps import feature_maps
 
     classifier = open_model(model, weights, device)
-    done(run_featuremaps(classifier, image, layer, out, max_channels, order, per_row, progress=True))
+    result = feature_maps(classifier, expand_image_args(images), layer, max_channels=max_channels or None,
+                          order=order, per_row=per_row, progress=True)
+    done(result.save(out))

@@ -213,11 +213,11 @@ def feeding_conv(model: ImageClassifier | nn.Module, layer: str, channels: int) 
     return None
 
 
-def filters_figure(model: ImageClassifier, conv: str):
-    from convlens.filters import conv_layer
-    from convlens.filters import filters_figure as figure
+def filters(model: ImageClassifier, conv: str):
+    """``convlens.filters`` of one convolution: its ``figures()`` hold ``filters-CONV``."""
+    from convlens.filters import filters as method
 
-    return figure(conv, conv_layer(model, conv))
+    return method(model, [conv])
 
 
 def check_rule(rule: str) -> str:
@@ -250,9 +250,9 @@ def kernel(model: ImageClassifier, conv: str) -> torch.Tensor:
 
 
 def default_layers(model: ImageClassifier) -> list[str]:
-    from convlens.featuremaps import default_layers as layers
+    from convlens.featuremaps import stage_end_layers
 
-    return layers(model)
+    return stage_end_layers(model)
 
 
 def default_cam_layer(model: ImageClassifier) -> str:
@@ -294,18 +294,7 @@ def feature_visualization(model: ImageClassifier, layer: str, units: Sequence[in
 
 
 def feature_maps(model: ImageClassifier, inputs: torch.Tensor, layer: str, count: int = 16):
-    """One layer's feature maps of one image; ``figures()`` draws its ``count`` strongest channels."""
-    import time
+    """``convlens.feature_maps`` of one layer on one image (``count`` strongest channels drawn)."""
+    from convlens.featuremaps import feature_maps as method
 
-    from convlens import featuremaps as method
-
-    start = time.perf_counter()
-    maps, logits = method.forward_with_maps(model, inputs, [layer])
-    activation = maps[layer][0].float().cpu()
-    channels = method.channel_order(activation, "activation", count)
-    summary = {"command": "featuremaps", "layer": layer, "shape": list(activation.shape),
-               "strongest_channels": channels.tolist(), "compute_seconds": time.perf_counter() - start}
-    arrays = {"input": inputs.detach().cpu().numpy(), "activation": activation[None].numpy(),
-              "probabilities": torch.softmax(logits.float(), 1).cpu().numpy()}
-    return Adapted("featuremaps", arrays, summary,
-                   lambda: {"featuremaps": method.layer_figure(layer, activation, channels, "activation")})
+    return method(model, inputs, [layer], max_channels=count)

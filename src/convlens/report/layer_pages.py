@@ -40,7 +40,8 @@ def _filters(collected: Collected, layer: str, conv: str | None, write: Writer) 
     head = "<h2>Filters</h2>"
     if conv is None:
         return head + note("This layer has no convolution of its own whose filters make its channels.")
-    size = pngs.write_figure(compute.filters_figure(collected.model, conv), write(f"layers/{layer}/filters.png"))
+    result = compute.filters(collected.model, conv)
+    size = pngs.write_figure(result.figures()[f"filters-{conv}"], write(f"layers/{layer}/filters.png"))
     return (head + f"<p class='lead'>The kernels of <code>{e(conv)}</code>, which make this layer's channels "
             "(first filters only; each filter scaled to its own range, dark = most negative, light = most "
             "positive).</p>" + zoom_figure("filters.png", size, f"filters of {conv}"))

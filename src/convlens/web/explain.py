@@ -52,7 +52,7 @@ def explain(model: ImageClassifier, image_path, method: str, layer: str | None, 
         if layer is None:
             raise ConvlensError("feature maps are a layer's: choose a layer")
         result = compute.feature_maps(model, inputs, layer)
-        png = _figure_png(result.figures()["featuremaps"])
+        png = _figure_png(_one_figure(result, f"featuremaps-{layer}"))
     return Explained(result.arrays(), result.summary(), png, caption(model, method, result.summary()))
 
 
@@ -72,6 +72,21 @@ def caption(model: ImageClassifier, method: str, summary: dict) -> str:
         target = summary.get("targets", [{}])[0]
         return f"occlusion: probability of {target.get('name')} as a grey square slides over the image"
     return f"feature maps of {summary.get('layer')}: its strongest channels, each on its own scale"
+
+
+def _one_figure(result, name: str):
+    """The figure ``name`` of a result; the others it draws on the way are closed at once."""
+    import matplotlib.pyplot as plt
+
+    chosen = None
+    for key, figure in result.iter_figures():
+        if key == name:
+            chosen = figure
+        else:
+            plt.close(figure)
+    if chosen is None:
+        raise ConvlensError(f"the result has no figure {name!r}")
+    return chosen
 
 
 def _rgb_png(array: np.ndarray) -> bytes:
