@@ -7,11 +7,11 @@
   HTTP client: the cost of HTTP, JSON and the worker hand-off is in the ratio.
 - Report of the 178 leaf validation images (48 in quick mode) with the leaf model (the study's Keras model where
   this convlens reads Keras files, else the baseline CNN at 32 px, random weights) against the separate library
-  calls that make the same content: ``predict``; ``feature_maps`` per image (each image's feature maps at
-  the report's layers); ``filters`` of the layers' convolutions; per layer ``top_activations`` + ``top_examples`` for the same 16
-  units; ``run_cam`` with every CAM method; ``run_occlusion`` and ``run_invariance`` for the 8 detailed images
-  and their projections. Target <= 0.7x: the report's one shared pass feeds the predictions, the feature maps,
-  the top-k tables and the histograms.
+  calls that make the same content: ``predict``; ``feature_maps`` per image (each image's feature maps at the
+  report's layers); ``filters`` of the layers' convolutions; per layer ``top_activations`` + ``top_examples``
+  for the same 16 units; ``run_cam`` with every CAM method; ``run_occlusion`` and ``run_invariance`` for the 8
+  detailed images and their projections. Target <= 0.7x: the report's one shared pass feeds the predictions, the
+  feature maps, the top-k tables and the histograms.
 """
 
 from __future__ import annotations
