@@ -152,7 +152,8 @@ def create_app(model: ImageClassifier, images: list[Path] | None = None, *, work
             raise HTTPException(400, f"no array {missing[0]!r}; this result has {', '.join(result.arrays)}")
         # JSONResponse straight away: FastAPI's encoder would walk every number of the arrays one by one
         return JSONResponse({"key": key, "cached": cached, "figure": f"/api/figures/{key}.png",
-                             "caption": result.caption, "summary": to_json(result.summary),
+                             "caption": result.caption, "predictions": result.predictions,
+                             "summary": to_json(result.summary),
                              "arrays": {name: array_json(result.arrays[name]) for name in wanted}})
 
     @app.get("/api/figures/{key}.png", summary="The figure of a computed result", response_class=Response)

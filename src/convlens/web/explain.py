@@ -28,6 +28,7 @@ class Explained:
     summary: dict[str, Any]
     png: bytes
     caption: str
+    predictions: list[dict]  # the image's top-3 classes
 
 
 def explain(model: ImageClassifier, image_path, method: str, layer: str | None, unit: int | None, target,
@@ -53,7 +54,10 @@ def explain(model: ImageClassifier, image_path, method: str, layer: str | None, 
             raise ConvlensError("feature maps are a layer's: choose a layer")
         result = compute.feature_maps(model, inputs, layer)
         png = _figure_png(_one_figure(result, f"featuremaps-{layer}"))
-    return Explained(result.arrays(), result.summary(), png, caption(model, method, result.summary()))
+    from convlens.predict import predict
+
+    top = [p.to_dict() for p in predict(model, inputs, top=3)[0]]
+    return Explained(result.arrays(), result.summary(), png, caption(model, method, result.summary()), top)
 
 
 def caption(model: ImageClassifier, method: str, summary: dict) -> str:

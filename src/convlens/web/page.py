@@ -89,6 +89,8 @@ async function run() {
     $('result-figure').src = body.figure;
     $('result-figure').dataset.key = body.key;
     $('caption').textContent = body.caption;
+    $('predictions').textContent = 'top-3: ' + body.predictions.map(
+      (p) => p.name + ' ' + (100 * p.probability).toFixed(1) + '%').join(', ');
     $('legend').hidden = body.summary.command !== 'cam';
     // maps of the input are enlarged to a readable size; figures keep their own
     $('result-figure').style.width = ['cam', 'deconv'].includes(body.summary.command) ? '336px' : 'auto';
@@ -130,7 +132,8 @@ GIF, BMP, TIFF, WebP</small></div><input type='file' id='file' accept='image/*' 
 placeholder='predicted'><datalist id='classes'></datalist>
 <button id='run'>Explain</button></div>
 <div><div id='status' role='status'>Upload or choose an image.</div><img id='result-figure' src='' alt='result'>
-<p id='caption'></p><div id='legend' hidden>{legend("jet", "0", "1", "no evidence to strongest evidence")}</div>
+<p id='caption'></p><p id='predictions'></p>
+<div id='legend' hidden>{legend("jet", "0", "1", "no evidence to strongest evidence")}</div>
 <p><code id='api-link'></code></p><details><summary>summary()</summary><pre id='summary'></pre></details>
 </div></div></main><script type='application/json' id='card'>{data}</script><script>{PAGE_JS}</script>
 </body></html>"""
