@@ -14,7 +14,7 @@ import torch
 
 from bench.harness import BenchCase
 from bench.inputs import LEAF, baseline_on_leaf, random_torchvision
-from convlens.deconv import project_and_measure
+from convlens.zeiler.deconv import project_and_measure
 
 CAPTUM = {"deconvnet": "NeuronDeconvolution", "guided": "NeuronGuidedBackprop", "gradient": "NeuronGradient"}
 
@@ -29,7 +29,7 @@ def _baseline_leaf(batch: int):
 
 def _strongest_neuron(model, inputs: torch.Tensor, layer: str) -> tuple[int, tuple[int, int]]:
     """The first image's strongest unit of ``layer`` and where it peaks (a random-init unit may be dead)."""
-    from convlens.deconv import strongest_position, strongest_units, unit_activations
+    from convlens.zeiler.deconv import strongest_position, strongest_units, unit_activations
 
     activations = unit_activations(model, inputs[:1], layer)[0]
     unit = strongest_units(activations, 1)[0]

@@ -11,7 +11,7 @@ stride 8), so the full mode times stride-8 cases once and stride-16 cases three 
 search, twice.
 
 convlens also computes the top class and a feature map's activation per position. Its gain: the early layers
-are recomputed only on the region that each window can change (exact, see ``convlens.occlusion``), and the CPU
+are recomputed only on the region that each window can change (exact, see ``convlens.engine``), and the CPU
 runs channels-last. Target: faster than Captum (ratio < 1).
 """
 
@@ -110,8 +110,9 @@ class _Setup:
 
     def ours(self):
         self.prepare()
-        result = occlusion(self.model, self.inputs, target=self.target, size=WINDOW, stride=self.stride,
-                           batch_size=self.batch)
+        # rule=None: panel (c)'s projection is a figure, not part of what Captum computes
+        result = occlusion(self.model, self.inputs, target=self.target, window=WINDOW, stride=self.stride,
+                           batch_size=self.batch, rule=None)
         if "engine" not in self.case.note:
             self.case.note += (f"; convlens {result.engine} engine ({result.incremental_nodes} graph nodes computed "
                                "on regions), also computes top class + feature map")

@@ -9,8 +9,8 @@
   this convlens reads Keras files, else the baseline CNN at 32 px, random weights) against the separate library
   calls that make the same content: ``predict``; ``feature_maps`` per image (each image's feature maps at the
   report's layers); ``filters`` of the layers' convolutions; per layer ``top_activations`` + ``top_examples``
-  for the same 16 units; ``run_cam`` with every CAM method; ``run_occlusion`` and ``run_invariance`` for the 8
-  detailed images and their projections. Target <= 0.7x: the report's one shared pass feeds the predictions, the
+  for the same 16 units; ``run_cam`` with every CAM method; ``occlusion``, ``deconv`` and ``invariance`` for the
+  8 detailed images. Target <= 0.7x: the report's one shared pass feeds the predictions, the
   feature maps, the top-k tables and the histograms.
 """
 
@@ -98,11 +98,8 @@ def _report_case(quick: bool, folder: Path) -> BenchCase | None:
     from convlens.cam.methods import METHODS
     from convlens.cam.run import run_cam
     from convlens.data import list_images
-    from convlens.invariance import run_invariance
-    from convlens.occlusion import run_occlusion
     from convlens.predict import predict
     from convlens.report import compute
-    from convlens.topk import top_activations, top_examples
 
     validation = LEAF / "validation"
     if not validation.is_dir():
@@ -124,15 +121,19 @@ def _report_case(quick: bool, folder: Path) -> BenchCase | None:
         predictions = predict(model, paths)
         for index, path in enumerate(paths):
             convlens.feature_maps(model, path, layers).save(out / f"featuremaps-{index}")
-        for layer in layers:
-            top = top_activations(model, paths, layer, units=f"0:{units}", k=9)
-            top_examples(model, top, "guided")
         convlens.filters(model, [c for c in _convs(model, layers) if c]).save(out / "filters")
+        for layer in layers:
+            convlens.top_activations(model, paths, layer, units=f"0:{units}", k=9).save(out / f"topk-{layer}")
         run_cam(model, paths, out / "cam", methods=methods, limit=0)
+        middle = layers[len(layers) // 2]
         for index, path in enumerate(paths[:details]):
-            run_occlusion(model, path, out / f"occlusion-{index}", rule="guided")
-            compute.strongest_projections(model, model.prepare([path]), layers[len(layers) // 2])
-        run_invariance(model, paths[:details], out / "invariance", points={"translate": 9, "scale": 5, "rotate": 13})
+            convlens.occlusion(model, path, stride=max(1, round(min(model.input_size) / 14))).save(
+                out / f"occlusion-{index}")
+            for rule in ("deconvnet", "guided"):
+                convlens.deconv(model, path, middle, top=4, position="max", rule=rule).save(
+                    out / f"deconv-{index}-{rule}")
+        convlens.invariance(model, paths[:details], points={"translate": 9, "scale": 5, "rotate": 13}).save(
+            out / "invariance")
         return predictions
 
     def check(ours, theirs) -> None:

@@ -2,7 +2,7 @@
 
 The issue's target: ``topk`` keeps at least 90 % of the throughput of just decoding the images and running
 the model on them (ratio <= 1 / 0.9 on time). Two cases: the streaming scan alone, and the whole command
-(``top_activations`` + ``top_examples``: the scan, the receptive-field trace, patches and 16 x 9
+(``top_activations``: the scan, the receptive-field trace, patches and 16 x 9
 single-activation projections, each from the image cut down to its field). Both run on the whole leaf folder
 (804 images) in quick mode too: what comes after the scan is a fixed cost, and the target is about the folder.
 """
@@ -23,7 +23,8 @@ REPETITIONS = {False: 15, True: 9}
 def cases(quick: bool) -> list[BenchCase]:
     import convlens
     from convlens.data import list_images
-    from convlens.topk import image_batches, top_activations, top_examples
+    from convlens.zeiler import scan_top, top_activations
+    from convlens.zeiler.topk import image_batches
 
     if not LEAF.is_dir():
         return []
@@ -34,11 +35,11 @@ def cases(quick: bool) -> list[BenchCase]:
     batch_size, workers = 64, 0
 
     def scan():
-        return top_activations(model, paths, "relu3", units="0:16", k=9, batch_size=batch_size,
-                               num_workers=workers)
+        return scan_top(model, paths, "relu3", units="0:16", k=9, batch_size=batch_size, num_workers=workers)
 
     def command():
-        return top_examples(model, scan())
+        return top_activations(model, paths, "relu3", units="0:16", k=9, batch_size=batch_size,
+                               num_workers=workers)
 
     def floor():
         seen = 0
@@ -49,10 +50,9 @@ def cases(quick: bool) -> list[BenchCase]:
         return seen
 
     def check(result, seen):
-        top = getattr(result, "top", result)
-        if len(top.paths) != seen:
-            raise AssertionError(f"topk scanned {len(top.paths)} images, the floor {seen}")
-        if not torch.isfinite(top.values).all():
+        if len(paths) != seen:
+            raise AssertionError(f"topk had {len(paths)} images, the floor saw {seen}")
+        if (torch.as_tensor(result.images) < 0).any() or not torch.isfinite(torch.as_tensor(result.values)).all():
             raise AssertionError("topk left empty slots on a folder of hundreds of images")
 
     where = "leaf (train + validation)"

@@ -36,6 +36,15 @@ def resolve_layer(model: ImageClassifier | nn.Module, name: str) -> nn.Module:
     raise ConvlensError(f"unknown layer {name!r}; nearest: {close} (`convlens layers MODEL` lists all)")
 
 
+def resolve_layers(model: ImageClassifier | nn.Module, names: Iterable[str]) -> dict[str, nn.Module]:
+    """``resolve_layer`` for several names, walking the module tree once."""
+    names = list(names)
+    if len(names) == 1:
+        return {names[0]: resolve_layer(model, names[0])}
+    modules = dict(as_module(model).named_modules())
+    return {name: modules[name] if name and name in modules else resolve_layer(model, name) for name in names}
+
+
 # Every hook dictionary a module has (``_forward_hooks``, ``_forward_pre_hooks``, ``_backward_hooks``...), read
 # once from a fresh module rather than searched for in each module's attributes on every call.
 _HOOK_DICTS = tuple(k for k, v in vars(nn.Module()).items() if k.startswith("_") and "hooks" in k
@@ -165,8 +174,7 @@ def forward_hooks(model: ImageClassifier | nn.Module, hooks: dict[str, Callable]
 
     Removed in ``finally``. Callers that change more than hooks wrap this in ``preserved_state``.
     """
-    module = as_module(model)
-    layers = {name: resolve_layer(module, name) for name in hooks}
+    layers = resolve_layers(model, hooks)
     handles: list[RemovableHandle] = []
     try:
         for name, hook in hooks.items():
@@ -181,8 +189,7 @@ def forward_hooks(model: ImageClassifier | nn.Module, hooks: dict[str, Callable]
 def forward_pre_hooks(model: ImageClassifier | nn.Module, hooks: dict[str, Callable]) -> Iterator[None]:
     """Forward pre-hooks (``hook(module, args)``) on the named layers for one ``with`` block, removed in
     ``finally``."""
-    module = as_module(model)
-    layers = {name: resolve_layer(module, name) for name in hooks}
+    layers = resolve_layers(model, hooks)
     handles: list[RemovableHandle] = []
     try:
         for name, hook in hooks.items():

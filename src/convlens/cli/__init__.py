@@ -15,6 +15,7 @@ COMMAND_MODULES = [
     "convlens.cli.demo",
     "convlens.cli.report",
     "convlens.cli.serve",
+    "convlens.cli.featureviz",
     "convlens.cli.sensitivity",
     "convlens.cli.train",
     "convlens.cli.visualize",

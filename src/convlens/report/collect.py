@@ -37,7 +37,7 @@ class Options:
     methods: tuple[str, ...] | None = None  # CAM methods; None: all
     cam_layer: str | None = None
     details: int = 8  # images that get occlusion, invariance and deconv projections (long to compute)
-    rule: str = "guided"  # deconv rule of the unit pages' top-k projections
+    rule: str = "auto"  # deconv rule of the unit pages' projections (auto: guided on strided networks)
     feature_viz: bool = False  # feature visualization of every unit with a page (long)
     batch_size: int = 32
     max_cam_passes: int = 4096  # Score-CAM / Ablation-CAM beyond this many forward passes: a note (unless asked)
@@ -196,7 +196,9 @@ def arrays(result: Collected) -> dict[str, np.ndarray]:
               "probabilities": result.scan.probabilities.numpy()}
     for name, layer in result.scan.layers.items():
         values[f"mean_activation/{name}"] = layer.means
-        values[f"top_values/{name}"] = layer.top.values.numpy()
+        top_values = layer.top.values.numpy().copy()
+        top_values[layer.top.images.numpy() < 0] = np.nan  # empty slots, as in convlens.top_activations
+        values[f"top_values/{name}"] = top_values
         values[f"top_images/{name}"] = layer.top.images.numpy()
     for method, cam in result.cams.items():
         if not isinstance(cam, str):

@@ -92,106 +92,51 @@ def cam(model: ImageClassifier, inputs: torch.Tensor, method: str = "gradcam", l
 
 
 # --- occlusion and invariance --------------------------------------------------------------------------------
-def occlusion(model: ImageClassifier, inputs: torch.Tensor, name: str, size: int | None = None,
-              stride: int | None = None, rule: str = "guided", target: Any = None, progress: ProgressLike = False):
-    """Occlusion maps of one image (``1 x 3 x H x W``) with its Fig. 7 figure and the attribution overlay."""
-    import time
+def occlusion(model: ImageClassifier, inputs: torch.Tensor, name: str, window: int | None = None,
+              stride: int | None = None, target: Any = None, progress: ProgressLike = False):
+    """``convlens.occlusion`` of one image (``1 x 3 x H x W``): ``figures()`` hold the Fig. 7 panels and the
+    attribution overlay."""
+    from convlens.occlusion import occlusion as method
 
-    from convlens import occlusion as method
-
-    start = time.perf_counter()
-    result = method.occlusion(model, inputs, target=target, size=size, stride=stride,
-                              progress=legacy_progress(progress))
-    projection = method.feature_projection(model, result, rule)
-    seconds = time.perf_counter() - start
-    summary = method.occlusion_summary(model, result, name)
-    summary.update(command="occlusion", projection_rule=rule, compute_seconds=seconds)
-    arrays = _numpy({**result.arrays(), "deconv_projection": projection})
-
-    def figures() -> dict:
-        return {"occlusion": method.occlusion_figure(model, result, projection, rule=rule),
-                "attribution": method.attribution_figure(model, result)}
-
-    return Adapted("occlusion", arrays, summary, figures)
+    return method(model, inputs, target="predicted" if target is None else target, window=window, stride=stride,
+                  progress=progress)
 
 
 def invariance(model: ImageClassifier, images: Sequence, points: dict[str, int] | None = None,
                progress: ProgressLike = False):
-    """Translation, scale and rotation curves of a few images (Zeiler & Fergus Fig. 5)."""
-    import time
+    """``convlens.invariance``: translation, scale and rotation curves (Zeiler & Fergus Fig. 5)."""
+    from convlens.invariance import invariance as method
 
-    from convlens import invariance as method
-
-    start = time.perf_counter()
-    result = method.invariance(model, list(images), points=points, progress=legacy_progress(progress))
-    seconds = time.perf_counter() - start
-    arrays = {"input": result.inputs}
-    for name, curves in result.curves.items():
-        arrays.update({f"{name}_amounts": curves.amounts, f"{name}_early_distance": curves.early_distance,
-                       f"{name}_late_distance": curves.late_distance, f"{name}_probability": curves.probability})
-    summary = {"command": "invariance", "layers": {"early": result.layers[0], "late": result.layers[1]},
-               "targets": [{"index": t, "name": model.class_name(t)} for t in result.targets],
-               "compute_seconds": seconds}
-    return Adapted("invariance", _numpy(arrays), summary,
-                   lambda: {"invariance": method.invariance_figure(model, result)})
+    return method(model, list(images), points=points, progress=progress)
 
 
 # --- deconvnet -----------------------------------------------------------------------------------------------
 def strongest_projections(model: ImageClassifier, inputs: torch.Tensor, layer: str, count: int = 4,
-                          rules: Sequence[str] = ("deconvnet", "guided")):
-    """The ``count`` strongest units of ``layer`` on one image, each peak activation projected to pixels by each
-    rule. ``arrays()``: ``input``, ``units``, ``positions`` (count x 2), ``projection.RULE`` (count x 3 x H x W)."""
-    import time
+                          rules: Sequence[str] = ("deconvnet", "guided")) -> dict[str, Any]:
+    """Per rule, ``convlens.deconv`` of the ``count`` strongest units of ``layer`` on one image, each from its
+    peak activation alone."""
+    from convlens.zeiler import deconv
 
-    from convlens.deconv import probe_layer, project_activations, strongest_position, strongest_units
-
-    start = time.perf_counter()
-    calls, output = probe_layer(model, inputs, layer)
-    activations = output[0]
-    units = strongest_units(activations, count)
-    peaks = [strongest_position(activations[u]) for u in units]
-    batch = inputs.expand(len(units), -1, -1, -1)
-    arrays = {"input": inputs.detach().cpu().numpy(), "units": np.array(units), "positions": np.array(peaks)}
-    for rule in rules:
-        arrays[f"projection.{rule}"] = project_activations(model, batch, layer, units, peaks, rule,
-                                                           layer_calls=calls).numpy()
-    summary = {"command": "deconv", "layer": layer, "units": units, "positions": [list(p) for p in peaks],
-               "rules": list(rules), "peak_values": [float(activations[u][p]) for u, p in zip(units, peaks,
-                                                                                              strict=True)],
-               "compute_seconds": time.perf_counter() - start}
-    return Adapted("deconv", arrays, summary)
+    return {rule: deconv(model, inputs, layer, top=count, position="max", rule=rule) for rule in rules}
 
 
 def unit_projection(model: ImageClassifier, inputs: torch.Tensor, layer: str, unit: int, rule: str = "guided"):
-    """One unit's strongest activation on one image, projected to pixels (the web app's deconv)."""
-    import time
+    """``convlens.deconv`` of one unit's strongest activation on one image (the web app's projection)."""
+    from convlens.zeiler import deconv
 
-    from convlens.deconv import deconv_projection, probe_layer, strongest_position
-
-    start = time.perf_counter()
-    _, output = probe_layer(model, inputs, layer)
-    if output.dim() != 4 or not 0 <= unit < output.shape[1]:
-        raise ConvlensError(f"unit {unit} out of range: layer {layer!r} has output shape {tuple(output.shape[1:])}")
-    projection = deconv_projection(model, inputs, layer, unit, position="max", rule=rule)
-    peak = strongest_position(output[0, unit])
-    summary = {"command": "deconv", "layer": layer, "unit": unit, "rule": rule, "position": list(peak),
-               "value": float(output[0, unit][peak]), "compute_seconds": time.perf_counter() - start}
-    return Adapted("deconv", {"input": inputs.detach().cpu().numpy(), "projection": projection[None].numpy(),
-                              "activation": output[0, unit].numpy()}, summary)
+    return deconv(model, inputs, layer, units=[unit], position="max", rule=rule)
 
 
-def top_examples(model: ImageClassifier, scan_layer, units: Sequence[int], rule: str = "guided",
+def top_examples(model: ImageClassifier, scan_layer, units: Sequence[int], rule: str = "auto",
                  batch_size: int = 16, progress: ProgressLike = False):
-    """Patches and projections of the top-k table's slots for ``units`` (``convlens.topk.top_examples``)."""
-    from dataclasses import replace
+    """``TopKResult`` (patches and projections of the top-k slots) of ``units``, from the shared pass's table."""
+    from convlens.zeiler import TopKTable, topk_result
 
-    from convlens.topk import top_examples as examples
-
-    top = scan_layer.top
-    rows = list(units)
-    picked = replace(top, units=rows, values=top.values[rows], images=top.images[rows],
-                     positions=top.positions[rows])
-    return examples(model, picked, rule, batch_size=batch_size, progress=legacy_progress(progress))
+    table = scan_layer.top
+    rows = [table.units.index(unit) for unit in units]
+    picked = TopKTable(table.layer, tuple(units), table.k, table.map_size, table.channels, table.layer_calls,
+                       table.values[rows], table.images[rows], table.flat_positions[rows], dict(table.inputs))
+    return topk_result(model, scan_layer.paths, picked, rule=rule, batch_size=batch_size, progress=progress)
 
 
 # --- filters and feature maps --------------------------------------------------------------------------------
@@ -221,14 +166,16 @@ def filters(model: ImageClassifier, conv: str):
 
 
 def check_rule(rule: str) -> str:
-    from convlens.deconv import check_rule as check
+    """``auto`` or one of the deconv rules."""
+    from convlens.zeiler.deconv import AUTO
+    from convlens.zeiler.deconv import check_rule as check
 
-    return check(rule)
+    return rule if rule == AUTO else check(rule)
 
 
 def projection_image(projection) -> np.ndarray:
     """A projection (``3 x H x W``) as a display image: zero is mid-grey."""
-    from convlens.deconv import projection_image as display
+    from convlens.zeiler import projection_image as display
 
     return display(projection)
 

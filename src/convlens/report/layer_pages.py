@@ -145,26 +145,29 @@ def _unit_filter(collected: Collected, layer: str, unit: int, folder: str, write
 def _unit_top(collected: Collected, layer: str, unit: int, folder: str, write: Writer) -> str:
     k = collected.options.k
     examples = collected.examples.get(layer)
+    computed = examples is not None and not isinstance(examples, str)
+    rule = examples.summary()["rule"] if computed else collected.options.rule
     head = (f"<h2>Top-{k} activations</h2><p class='lead'>The images where this unit fires hardest (each image "
-            f"once, at its strongest position): the {collected.options.rule} projection of that single activation "
-            "beside the image patch under its receptive field.</p>")
+            f"once, at its strongest position): the projection of that single activation ({rule} rule) beside the "
+            "image patch under its receptive field.</p>")
     if examples is None or isinstance(examples, str):
         return head + note(f"Top-{k}: {examples or 'not computed'}")
-    row = examples.top.units.index(unit)
+    arrays = examples.arrays()
+    row = [int(u) for u in arrays["units"]].index(unit)
     cells = []
     for rank in range(k):
-        image = int(examples.top.images[row, rank])
+        image = int(arrays["images"][row, rank])
         if image < 0:
             continue
         entry = collected.images[image]
         projection_src, patch_src = f"{unit}/top{rank}-projection.png", f"{unit}/top{rank}-patch.png"
-        pngs.write_rgb(compute.projection_image(examples.projections[row, rank]),
+        pngs.write_rgb(compute.projection_image(arrays["projections"][row, rank]),
                        write(f"{folder}/top{rank}-projection.png"), min_side=96)
-        pngs.write_rgb(examples.patches[row, rank], write(f"{folder}/top{rank}-patch.png"), min_side=96)
+        pngs.write_rgb(arrays["patches"][row, rank], write(f"{folder}/top{rank}-patch.png"), min_side=96)
         cells.append(f"<div class='pair'><div class='imgs'><img src='{projection_src}' alt='projection' "
                      f"loading='lazy'><img src='{patch_src}' alt='patch' loading='lazy'></div><span>{rank + 1}. "
                      f"<a href='../../../images/{e(entry.slug)}.html'>{e(entry.path.name)}</a>: "
-                     f"{float(examples.top.values[row, rank]):.3g}</span></div>")
+                     f"{float(arrays['values'][row, rank]):.3g}</span></div>")
     shown = len(cells)
     extra = f" Only {shown} images were given, so {k - shown} slots stay empty." if shown < k else ""
     return head.replace("</p>", f"{extra}</p>") + "".join(cells)

@@ -186,18 +186,19 @@ def _projection_section(collected: Collected, entry: ImageEntry, folder: str, wr
             "guided backprop also keeps the forward pass's ReLU masks. Grey is zero.</p>")
     if result is None or isinstance(result, str):
         return head + note(f"Projections: {result or 'not computed'}")
-    arrays, summary = result.arrays(), result.summary()
     rows = []
-    for rule in summary["rules"]:
+    for rule, deconv in result.items():
+        arrays = deconv.arrays()
         tiles = []
-        for n, unit in enumerate(summary["units"]):
+        for n, unit in enumerate(int(u) for u in arrays["units"]):
             src = f"{entry.slug}/projection-{rule}-{unit}.png"
-            pngs.write_rgb(compute.projection_image(arrays[f"projection.{rule}"][n]), write(f"images/{src}"))
+            pngs.write_rgb(compute.projection_image(arrays["projection"][n]), write(f"images/{src}"))
             label = (f"<a href='{e(unit_href(layer, unit, '../'))}'>unit {unit}</a>"
                      if unit in collected.unit_pages.get(layer, []) else f"unit {unit}")
             tiles.append(f"<div class='card'><a class='zoom' href='{src}'><img src='{src}' alt='{e(rule)} unit "
                          f"{unit}' loading='lazy'></a><div class='caption'>{e(rule)}: {label}, peak "
-                         f"{summary['peak_values'][n]:.3g} at {tuple(summary['positions'][n])}</div></div>")
+                         f"{float(arrays['peak'][n]):.3g} at {tuple(int(v) for v in arrays['peak_position'][n])}"
+                         "</div></div>")
         rows.append(f"<div class='cards'>{''.join(tiles)}</div>")
     return head + "".join(rows)
 

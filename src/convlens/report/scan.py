@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,7 @@ from convlens.errors import ConvlensError
 from convlens.hooks import capture, forward_hooks, module_device
 from convlens.models.classifier import ImageClassifier
 from convlens.progress import ProgressLike, track
-from convlens.topk import KEPT_INPUT_BYTES, TopActivations, _RunningTop, image_batches
+from convlens.zeiler.topk import KEPT_INPUT_BYTES, TopKTable, image_batches
 
 HISTOGRAM_BINS = 40
 TILES_PER_IMAGE = 8  # the strongest channels of each image shown on a layer page
@@ -37,7 +37,8 @@ class LayerScan:
     calls: int
     means: np.ndarray  # images x channels: mean activation of each channel on each image
     maxima: np.ndarray  # images x channels: its strongest activation
-    top: TopActivations  # every channel's k strongest activations over the images
+    top: TopKTable  # every channel's k strongest activations over the images
+    paths: list[Path]
     histogram_edges: np.ndarray  # bins + 1 (values outside the first batch's range fall in the end bins)
     histogram_counts: np.ndarray  # channels x bins: every activation of every image
     image_channels: np.ndarray  # images x TILES_PER_IMAGE: each image's strongest channels, strongest first
@@ -62,7 +63,7 @@ class Scan:
 class _LayerAccumulator:
     def __init__(self, name: str, k: int) -> None:
         self.name, self.k = name, k
-        self.running: _RunningTop | None = None
+        self.table: TopKTable | None = None
         self.means: list[torch.Tensor] = []
         self.maxima: list[torch.Tensor] = []
         self.channels_shown: list[torch.Tensor] = []
@@ -72,14 +73,16 @@ class _LayerAccumulator:
         self.counts: torch.Tensor | None = None
         self.map_size = (1, 1)
 
-    def add(self, output: torch.Tensor, indices: torch.Tensor) -> None:
+    def add(self, output: torch.Tensor, indices: torch.Tensor, calls: int) -> None:
         if output.dim() != 4:
             raise ConvlensError(f"layer {self.name!r} has output shape {tuple(output.shape[1:])}: the report shows "
                                 "layers with spatial maps (channels x height x width); choose others with --layer")
         output = output.float()
         batch, channels, height, width = output.shape
-        if self.running is None:
-            self.running = _RunningTop(channels, self.k)
+        if self.table is None:
+            # inputs are kept once for all layers by the pass, not per table
+            self.table = TopKTable.empty(self.name, range(channels), self.k, (height, width), channels, calls,
+                                         keep_inputs=False)
             self.map_size = (height, width)
             low, high = float(output.min()), float(output.max())
             high = high if high > low else low + 1.0
@@ -87,7 +90,7 @@ class _LayerAccumulator:
             self.counts = torch.zeros(channels * HISTOGRAM_BINS, dtype=torch.long)
         flat = output.flatten(2)
         values, positions = flat.max(dim=2)
-        self.running.merge(values.cpu(), indices, positions.cpu())
+        self.table = self.table.add(values.cpu(), indices, positions.cpu())
         means = flat.mean(dim=2)
         self.means.append(means.cpu())
         self.maxima.append(values.cpu())
@@ -115,20 +118,11 @@ class _LayerAccumulator:
         self.ranges.append(torch.cat([low, high], dim=2)[..., 0].cpu())
         self.channels_shown.append(chosen.cpu())
 
-    def finish(self, paths: list[Path], calls: int, inputs: dict[int, torch.Tensor]) -> LayerScan:
-        running = self.running
-        missing = self.k - running.values.shape[1]
-        if missing > 0:  # fewer images than k: the empty slots hold -inf and image -1
-            running.values = F.pad(running.values, (0, missing), value=-float("inf"))
-            running.images = F.pad(running.images, (0, missing), value=-1)
-            running.flat_positions = F.pad(running.flat_positions, (0, missing))
-        rows, cols = running.flat_positions // self.map_size[1], running.flat_positions % self.map_size[1]
-        images = torch.where(torch.isfinite(running.values), running.images, torch.full_like(running.images, -1))
-        channels = running.values.shape[0]
-        top = TopActivations(self.name, list(range(channels)), self.k, paths, running.values, images,
-                             torch.stack([rows, cols], dim=2), self.map_size, calls, channels, inputs)
-        return LayerScan(self.name, channels, self.map_size, calls, torch.cat(self.means).numpy(),
-                         torch.cat(self.maxima).numpy(), top, self.edges.numpy(),
+    def finish(self, paths: list[Path], inputs: dict[int, torch.Tensor]) -> LayerScan:
+        channels = self.table.channels
+        table = replace(self.table, inputs=inputs)
+        return LayerScan(self.name, channels, self.map_size, table.layer_calls, torch.cat(self.means).numpy(),
+                         torch.cat(self.maxima).numpy(), table, paths, self.edges.numpy(),
                          self.counts.view(channels, HISTOGRAM_BINS).numpy(), torch.cat(self.channels_shown).numpy(),
                          torch.cat(self.tiles).numpy(), torch.cat(self.ranges).numpy())
 
@@ -159,13 +153,13 @@ def shared_pass(model: ImageClassifier, paths: Sequence[Path], layers: Sequence[
                 output = model.module(inputs.to(device))
             probabilities.append(torch.softmax(output.float(), dim=1).cpu())
             for name in layers:
-                accumulators[name].add(seen[name], indices)
+                accumulators[name].add(seen[name], indices, calls[name])
             if keep_inputs:
                 kept.append(inputs.clone())
     inputs = torch.cat(kept) if keep_inputs else None
     kept_by_index = {i: inputs[i] for i in range(len(paths))} if inputs is not None else {}
     scan = Scan(paths, torch.cat(probabilities), inputs)
-    scan.layers = {name: accumulators[name].finish(paths, calls[name], kept_by_index) for name in layers}
+    scan.layers = {name: accumulators[name].finish(paths, kept_by_index) for name in layers}
     scan.seconds = time.perf_counter() - start
     return scan
 

@@ -70,8 +70,9 @@ def caption(model: ImageClassifier, method: str, summary: dict) -> str:
         return (f"{summary.get('title', method)} at {', '.join(summary.get('layers', []))}: evidence for {name}"
                 f"{which}, scaled 0 to 1")
     if summary.get("command") == "deconv":
-        return (f"{summary['rule']} projection of unit {summary['unit']} of {summary['layer']} at its strongest "
-                f"position {tuple(summary['position'])} (activation {summary['value']:.3g}); grey is zero")
+        peak = summary["peaks"][0]
+        return (f"{summary['rule']} projection of unit {peak['unit']} of {summary['layer']} at its strongest "
+                f"position {tuple(peak['position'])} (activation {peak['value']:.3g}); grey is zero")
     if summary.get("command") == "occlusion":
         target = summary.get("targets", [{}])[0]
         return f"occlusion: probability of {target.get('name')} as a grey square slides over the image"

@@ -16,7 +16,7 @@ from torchvision.transforms import functional as TF
 import convlens
 from convlens.errors import ConvlensError
 from convlens.hooks import capture
-from convlens.invariance import default_amounts, default_layers, invariance, transformed_pixels
+from convlens.invariance import default_amounts, early_and_late_layers, invariance, transformed_pixels
 from convlens.models.preprocessing import Preprocessing
 
 PREPROCESSING = Preprocessing(crop=(64, 64), resize=72)
@@ -100,10 +100,10 @@ def test_distances_and_probability_match_features_computed_here(model, images):
                                        rtol=1e-4, atol=1e-3)
             torch.testing.assert_close(curves.late_distance[index], (late - late_ref[index]).norm(dim=1),
                                        rtol=1e-4, atol=1e-4)
-            torch.testing.assert_close(curves.probability[index], probs[:, targets[index]], rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(curves.score[index], probs[:, targets[index]], rtol=1e-4, atol=1e-5)
     # Not a trivial agreement: the transformations move the features and the probability.
     assert float(result["rotate"].late_distance[:, 1:].min()) > 0.1
-    assert float((result["translate"].probability - result.clean_probability[:, None]).abs().max()) > 0.01
+    assert float((result["translate"].score - result.clean_score[:, None]).abs().max()) > 0.01
 
 
 def test_no_transformation_gives_distance_zero_and_the_clean_probability(model, images):
@@ -112,18 +112,18 @@ def test_no_transformation_gives_distance_zero_and_the_clean_probability(model, 
     assert result.targets == [3, 7]
     with torch.inference_mode():
         clean = torch.softmax(model.module(model.prepare(images)), dim=1)[:, [3, 7]].diagonal()
-    torch.testing.assert_close(result.clean_probability, clean, rtol=0, atol=1e-6)
+    torch.testing.assert_close(result.clean_score, clean, rtol=0, atol=1e-6)
     for transform, column in (("translate", 1), ("rotate", 0)):
         curves = result[transform]
         assert torch.all(curves.early_distance[:, column] == 0) and torch.all(curves.late_distance[:, column] == 0)
-        torch.testing.assert_close(curves.probability[:, column], clean, rtol=0, atol=1e-6)
+        torch.testing.assert_close(curves.score[:, column], clean, rtol=0, atol=1e-6)
         other = [i for i in range(len(curves.amounts)) if i != column]
         assert float(curves.early_distance[:, other].min()) > 0
 
 
 def test_defaults_follow_the_paper(model, default_model):
-    assert default_layers(model) == ("conv1", "fc:input")
-    assert default_layers(default_model) == ("conv_stem", "classifier:input")
+    assert early_and_late_layers(model) == ("conv1", "fc:input")
+    assert early_and_late_layers(default_model) == ("conv_stem", "classifier:input")
     np.testing.assert_allclose(default_amounts("translate"), np.arange(-60, 61, 10))
     np.testing.assert_allclose(default_amounts("scale"), np.linspace(1.0, 1.8, 9))
     np.testing.assert_allclose(default_amounts("rotate"), np.arange(0, 361, 10))
@@ -147,12 +147,40 @@ def test_model_state_untouched_and_bad_input_errors(model, images):
         invariance(model, images, layers=("conv1", "fc9:input"))
 
 
-def test_cli_writes_curves_figure_and_summary(tmp_path, sample_photos):
+def test_logit_score_and_callable_targets_match_features_computed_here(model, images):
+    amounts = {"rotate": [0, 90, 180]}
+    logit = invariance(model, images, transforms=("rotate",), amounts=amounts, targets=[2, "class 5"], score="logit")
+    custom = invariance(model, images, transforms=("rotate",), amounts=amounts,
+                        targets=lambda out: out[:, 2] - out[:, 5])
+    for index, image in enumerate(images):
+        batch = torch.stack([by_hand(image, "rotate", amount) for amount in amounts["rotate"]])
+        with torch.inference_mode():
+            logits = model.module(batch)
+        torch.testing.assert_close(logit["rotate"].score[index], logits[:, [2, 5][index]], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(custom["rotate"].score[index], logits[:, 2] - logits[:, 5], rtol=1e-4, atol=1e-4)
+    assert logit.targets == [2, 5] and custom.targets == [None, None]
+    assert logit.summary()["score"] == "logit" and float(logit["rotate"].score.std()) > 0.1
+
+
+def baseline_checkpoint(folder, size: int = 32):
+    """A seeded baseline CNN saved as a convlens checkpoint, so that the CLI and the API load the same weights."""
+    from convlens.models import save_checkpoint
+
+    torch.manual_seed(0)
+    model = convlens.load_model(f"baseline:{size}", device="cpu")
+    save_checkpoint(folder / "best", model.module, {"architecture": "baseline", "img_size": size,
+                                                    "class_names": model.class_names,
+                                                    "preprocessing": model.preprocessing.to_dict()})
+    return folder
+
+
+def test_cli_writes_the_apis_curves_figure_and_summary(tmp_path, sample_photos):
     from convlens.cli import main
 
+    run = baseline_checkpoint(tmp_path / "run")
     out = tmp_path / "inv"
     with pytest.raises(SystemExit) as exit_info:
-        main(["invariance", "baseline:32", str(sample_photos[0]), str(sample_photos[1]), "--transform", "rotate",
+        main(["invariance", str(run), str(sample_photos[0]), str(sample_photos[1]), "--transform", "rotate",
               "--transform", "translate", "--points", "3", "--target", "1", "--out", str(out), "--device", "cpu"])
     assert exit_info.value.code == 0
     summary = json.loads((out / "summary.json").read_text())
@@ -161,9 +189,17 @@ def test_cli_writes_curves_figure_and_summary(tmp_path, sample_photos):
     assert summary["parameters"]["transforms"] == {"rotate": [0.0, 180.0, 360.0], "translate": [-60.0, 0.0, 60.0]}
     assert [t["index"] for t in summary["targets"]] == [1, 1]
     assert arrays["input"].shape == (2, 3, 32, 32)
-    assert arrays["rotate_early_distance"].shape == (2, 3) and arrays["translate_probability"].shape == (2, 3)
+    assert arrays["rotate_early_distance"].shape == (2, 3) and arrays["translate_score"].shape == (2, 3)
     assert arrays["translate_late_distance"][:, 1].tolist() == [0.0, 0.0]
-    assert summary["figures"] == ["invariance.png"]
+    assert summary["figures"] == ["invariance.png"] and summary["compute_seconds"] > 0
+    # The numbers are the Python API's on the same inputs.
+    model = convlens.load_model(run, device="cpu")
+    expected = convlens.invariance(model, sample_photos[:2], transforms=["rotate", "translate"], points=3,
+                                   targets=1).arrays()
+    assert set(arrays.files) == set(expected)
+    for name, values in expected.items():
+        np.testing.assert_allclose(arrays[name], values, atol=1e-6, err_msg=name)
+    assert float(arrays["rotate_early_distance"].max()) > 0
 
 
 def test_cli_layers_option(tmp_path, sample_photos):

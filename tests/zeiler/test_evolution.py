@@ -10,10 +10,11 @@ import torch
 from conftest import make_image
 
 import convlens
-from convlens.deconv import deconv_projection
 from convlens.errors import ConvlensError
-from convlens.evolution import evolution, evolution_figure, find_snapshots
 from convlens.models import BaselineCNN, baseline_preprocessing, save_checkpoint
+from convlens.zeiler import evolution, find_snapshots
+from convlens.zeiler.deconv import deconv_projection
+from convlens.zeiler.figures import evolution_figure
 
 EPOCHS = (0, 5, 12)
 
@@ -85,3 +86,10 @@ def test_cli_evolution(run_dir, images, tmp_path):
     arrays = np.load(out / "arrays.npz")
     assert arrays["projections"].shape[:2] == (2, len(EPOCHS)) and "input" in arrays
     assert (out / "evolution.png").is_file()
+    # the numbers are the library's for the same inputs (the baseline has no strided conv: rule auto is deconvnet)
+    api = evolution(run_dir, images, "pool2", units="1,6")
+    assert summary["rule"] == api.rule == "deconvnet" and summary["rule_requested"] == "auto"
+    assert sorted(api.arrays()) == sorted(arrays.files)
+    for name, value in api.arrays().items():
+        np.testing.assert_allclose(arrays[name], value, rtol=1e-6, atol=1e-8, err_msg=name)
+    assert summary["strongest"] == api.summary()["strongest"]

@@ -12,10 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from convlens.deconv import deconv_projection
 from convlens.errors import ConvlensError
 from convlens.models import BaselineCNN, ImageClassifier, baseline_preprocessing
-from convlens.topk import parse_units, top_activations, top_examples, top_examples_figure
+from convlens.zeiler import scan_top, top_activations, topk_result
+from convlens.zeiler.deconv import deconv_projection, parse_units
+from convlens.zeiler.figures import top_examples_figure
+from convlens.zeiler.topk import image_paths
 
 CROSS = np.zeros((5, 5), dtype=np.float32)
 CROSS[2, :] = CROSS[:, 2] = 1.0
@@ -70,8 +72,9 @@ def test_planted_cross_found_in_the_right_images_and_places(cross_detector, plan
 
 
 def test_top_examples_crop_the_field_and_project_the_filter(cross_detector, planted_folder):
-    top = top_activations(cross_detector, planted_folder, "conv1", units=[0], k=9, batch_size=8)
-    examples = top_examples(cross_detector, top, rule="deconvnet", batch_size=4)
+    top = top_activations(cross_detector, planted_folder, "conv1", units=[0], k=9, batch_size=8, rule="deconvnet",
+                          projection_batch_size=4)
+    examples = top
     assert examples.field.size == (5, 5)
     weight = cross_detector.module.conv1.weight[0].detach().numpy()
     for rank, index in enumerate(PLANTED):
@@ -95,8 +98,9 @@ def test_batched_projections_match_single_image_projection(planted_folder):
     torch.manual_seed(1)
     module = BaselineCNN(3, 32).eval()
     model = ImageClassifier(module, baseline_preprocessing(32), ["a", "b", "c"])
-    top = top_activations(model, planted_folder, "relu3", units="2:5", k=3, batch_size=16)
-    examples = top_examples(model, top, rule="guided", batch_size=5)
+    top = top_activations(model, planted_folder, "relu3", units="2:5", k=3, batch_size=16, rule="guided",
+                          projection_batch_size=5)
+    examples = top
     for u, unit in enumerate(top.units):
         image = int(top.images[u, 1])
         single = deconv_projection(model, model.prepare(top.paths[image]), "relu3", unit, "max", "guided")
@@ -134,12 +138,12 @@ def _small_model(name: str) -> tuple[ImageClassifier, str]:
                                                   ("tf_efficientnet_lite0", True), ("efficientnet_b0", False)])
 def test_projections_cut_to_the_field_equal_whole_image_projections(name, cut_everywhere, sample_photos,
                                                                     planted_folder, monkeypatch):
-    import convlens.topk as topk_module
+    import convlens.zeiler.field_cuts as topk_module
 
     model, layer = _small_model(name)
-    folder = planted_folder if name == "baseline" else sample_photos
-    top = top_activations(model, folder, layer, units="0:6", k=3, batch_size=4)
-    whole = top_examples(model, top, rule="guided", crop_to_field=False)
+    paths = image_paths(planted_folder if name == "baseline" else sample_photos)
+    top = scan_top(model, paths, layer, units="0:6", k=3, batch_size=4)
+    whole = topk_result(model, paths, top, rule="guided", crop_to_field=False)
     cut_jobs, missed_jobs = [], []
     project_cut = topk_module._project_cut
 
@@ -150,7 +154,7 @@ def test_projections_cut_to_the_field_equal_whole_image_projections(name, cut_ev
         return missed
 
     monkeypatch.setattr(topk_module, "_project_cut", counting)
-    cut = top_examples(model, top, rule="guided")
+    cut = topk_result(model, paths, top, rule="guided")
     scale = np.abs(whole.projections).max()
     assert scale > 0
     np.testing.assert_allclose(cut.projections, whole.projections, rtol=1e-4, atol=1e-5 * scale)
@@ -161,11 +165,12 @@ def test_projections_cut_to_the_field_equal_whole_image_projections(name, cut_ev
 
 
 def test_scan_keeps_the_inputs_of_the_table_only(planted_folder, cross_detector):
-    top = top_activations(cross_detector, planted_folder, "conv1", units=[0], k=9, batch_size=4)
+    paths = image_paths(planted_folder)
+    top = scan_top(cross_detector, paths, "conv1", units=[0], k=9, batch_size=4)
     assert sorted(top.inputs) == sorted(PLANTED)
     for index, kept in top.inputs.items():
         torch.testing.assert_close(kept, cross_detector.preprocessing.to_tensor(
-            Image.open(top.paths[index]).convert("RGB")))
+            Image.open(paths[index]).convert("RGB")))
 
 
 def test_parse_units():
@@ -189,11 +194,12 @@ PEAK_SCRIPT = textwrap.dedent("""
     import resource, sys, torch
     from torch import nn
     from convlens.models import ImageClassifier, Preprocessing
-    from convlens.topk import top_activations
+    from convlens.zeiler import scan_top
+    from convlens.zeiler.topk import image_paths
     torch.manual_seed(0)
     module = nn.Sequential(nn.Conv2d(3, 2, 3, padding=1), nn.ReLU()).eval()
     model = ImageClassifier(module, Preprocessing(crop=(112, 112), resize=None, squash=True), ["x"])
-    top_activations(model, sys.argv[1], "1", units=[0, 1], k=9, batch_size=8)
+    scan_top(model, image_paths(sys.argv[1]), "1", units=[0, 1], k=9, batch_size=8)
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """)
 
@@ -234,3 +240,95 @@ def test_cli_topk(tmp_path, planted_folder, cross_detector):
     assert summary["receptive_field"]["size"] == [5, 5]
     assert summary["top"][0]["top"][0]["image"].endswith("img_03.png")
     assert (out / "topk.png").is_file()
+    # the CLI saves exactly what the library returns for the same inputs
+    api = top_activations(cross_detector, planted_folder, "conv1", units="0:3", k=4, batch_size=8).arrays()
+    assert sorted(api) == sorted(arrays.files)
+    for name, value in api.items():
+        np.testing.assert_allclose(arrays[name], value, rtol=1e-6, atol=1e-7, err_msg=name)
+    assert set(summary["figures"]) == {p.name for p in out.glob("*.png")}
+
+
+def _same_table(a, b) -> None:
+    assert torch.equal(a.values, b.values)
+    assert torch.equal(a.images, b.images)
+    assert torch.equal(a.flat_positions, b.flat_positions)
+    assert torch.equal(a.positions, b.positions)
+    assert sorted(a.inputs) == sorted(b.inputs)
+
+
+def test_shards_merge_into_the_table_of_one_scan(cross_detector, planted_folder):
+    """Issue 18's distributed scan: each shard scanned on its own (image indices into the whole list), then
+    merged, equals one scan over the folder: values, image indices and positions, in either merge order."""
+    paths = image_paths(planted_folder)
+    one = scan_top(cross_detector, paths, "relu1", units="0:8", k=5, batch_size=5)
+    first = scan_top(cross_detector, paths[:15], "relu1", units="0:8", k=5, batch_size=5)
+    second = scan_top(cross_detector, paths[15:], "relu1", units="0:8", k=5, batch_size=5, first_index=15)
+    assert (first.images < 15).all() and (second.images >= 15).all()
+    merged = first.merge(second)
+    _same_table(merged, one)
+    _same_table(second.merge(first), one)
+    assert one.images[0].tolist() == list(PLANTED)[:5]
+    # three uneven shards, merged in a scrambled order
+    thirds = [scan_top(cross_detector, paths[a:b], "relu1", units="0:8", k=5, batch_size=5, first_index=a)
+              for a, b in ((0, 7), (7, 22), (22, 30))]
+    _same_table(thirds[2].merge(thirds[0]).merge(thirds[1]), one)
+    with pytest.raises(ConvlensError, match="cannot be merged"):
+        one.merge(scan_top(cross_detector, paths[:5], "relu1", units="0:4", k=5))
+
+
+def test_ties_keep_the_earlier_image_in_scans_and_merges(cross_detector, tmp_path):
+    """Identical copies of one image tie on every unit: the earlier file wins, whether the copies meet in one
+    batch, in consecutive batches or only when two shards are merged."""
+    rng = np.random.default_rng(3)
+    strong = (10 + rng.integers(0, 240, (32, 32, 3))).clip(0, 255).astype(np.uint8)
+    for index in range(12):
+        pixels = strong if index in (2, 7, 9) else (10 + rng.integers(-2, 3, (32, 32, 3))).astype(np.uint8)
+        Image.fromarray(pixels).save(tmp_path / f"img_{index:02d}.png")
+    paths = image_paths(tmp_path)
+    one = scan_top(cross_detector, paths, "conv1", units="0:6", k=4, batch_size=3)
+    assert one.images[:, :3].tolist() == [[2, 7, 9]] * 6
+    shards = [scan_top(cross_detector, paths[a:b], "conv1", units="0:6", k=4, batch_size=2, first_index=a)
+              for a, b in ((0, 8), (8, 12))]
+    _same_table(shards[1].merge(shards[0]), one)
+    _same_table(shards[0].merge(shards[1]), one)
+
+
+def test_fewer_images_than_k_keep_what_there_is(cross_detector, planted_folder, tmp_path):
+    """Issue 14.7: a folder of 3 images with k 9 (an IndexError before) fills 3 slots per unit and leaves six
+    empty (image -1, value NaN), in the arrays, the summary, the figure and the CLI."""
+    folder = tmp_path / "three"
+    folder.mkdir()
+    for index in (3, 7, 11):
+        (folder / f"img_{index:02d}.png").write_bytes((planted_folder / f"img_{index:02d}.png").read_bytes())
+    result = top_activations(cross_detector, folder, "conv1", units=[0, 1], k=9, batch_size=2)
+    assert result.images.shape == (2, 9) and result.projections.shape[:2] == (2, 9)
+    assert result.images[0].tolist() == [0, 1, 2] + [-1] * 6  # files 3 and 7 carry crosses, 3 the stronger
+    assert np.isfinite(result.values[:, :3]).all() and np.isnan(result.values[:, 3:]).all()
+    assert (result.boxes[:, 3:] == -1).all() and (result.positions[:, 3:] == -1).all()
+    assert all(len(row["top"]) == 3 for row in result.table())
+    top_examples_figure(result)
+    from convlens.cli import main
+
+    checkpoint = _checkpoint(tmp_path, cross_detector)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["topk", str(checkpoint), str(folder), "--layer", "conv1", "--units", "0,1", "--out", str(tmp_path / "o"),
+              "--device", "cpu"])
+    assert exit_info.value.code in (0, None)
+    np.testing.assert_array_equal(np.load(tmp_path / "o" / "arrays.npz")["images"], result.images)
+
+
+def _checkpoint(tmp_path, model):
+    from convlens.models import save_checkpoint
+
+    return save_checkpoint(tmp_path / "model", model.module, {
+        "architecture": "baseline", "img_size": 32, "class_names": ["a", "b", "c"],
+        "preprocessing": baseline_preprocessing(32).to_dict()})
+
+
+def test_progress_goes_to_a_callback(cross_detector, planted_folder):
+    events = []
+    top_activations(cross_detector, planted_folder, "conv1", units=[0], k=2, batch_size=10,
+                    progress=lambda description, done, total: events.append((description, done, total)))
+    scan = [event for event in events if event[0] == "scanning images"]
+    assert scan[0] == ("scanning images", 0, 3) and scan[-1] == ("scanning images", 3, 3)
+    assert events[-1][0] == "projecting" and events[-1][1] == events[-1][2]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import numpy as np
@@ -10,16 +11,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from convlens.deconv import (
+from convlens.errors import ConvlensError
+from convlens.models import BaselineCNN
+from convlens.zeiler.deconv import (
     deconv_projection,
     project_activations,
-    projection_image,
     strongest_position,
     strongest_units,
     unit_activations,
 )
-from convlens.errors import ConvlensError
-from convlens.models import BaselineCNN
+from convlens.zeiler.figures import projection_image
 
 CAPTUM = {"deconvnet": "NeuronDeconvolution", "guided": "NeuronGuidedBackprop", "gradient": "NeuronGradient"}
 
@@ -259,7 +260,7 @@ def test_projection_image_centres_zero_on_grey():
 def test_default_model_projection_stays_inside_receptive_field(default_model, sample_photos):
     """The real EfficientNet-Lite0 (ReLU6 in timm's BatchNormAct2d, "same" padding): a single activation's
     projection is non-zero only inside that position's receptive field."""
-    from convlens.receptive_field import receptive_field
+    from convlens.zeiler.receptive_field import receptive_field
 
     inputs = default_model.prepare(sample_photos[:1])
     layer = "blocks.2"
@@ -298,3 +299,96 @@ def test_cli_deconv_writes_projections(tmp_path, baseline):
     assert arrays["units"].tolist() == torch.argsort(peaks, descending=True)[:3].tolist()
     expected = deconv_projection(baseline, inputs, "relu2", int(arrays["units"][0]), "max", "guided")
     np.testing.assert_allclose(arrays["projection"][0], expected.numpy(), rtol=1e-5, atol=1e-7)
+    # the CLI saves exactly what the library returns for the same inputs, and lists every PNG it writes
+    from convlens.zeiler import deconv
+
+    api = deconv(baseline, inputs, "relu2", top=3, position="max", rule="guided")
+    assert sorted(api.arrays()) == sorted(arrays.files)
+    for name, value in api.arrays().items():
+        np.testing.assert_allclose(arrays[name], value, rtol=1e-6, atol=1e-8, err_msg=name)
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["figures"]) == {p.name for p in out.glob("*.png")}  # issue 14.11
+    assert {f"projection_unit{u:04d}.png" for u in arrays["units"]} <= set(summary["figures"])
+    assert summary["rule"] == "guided" and summary["units"] == arrays["units"].tolist()
+
+
+def test_deconv_rows_per_image_and_unit(baseline):
+    """Several images: one row per (image, unit), image-major; each row is that image's own projection."""
+    from convlens.zeiler import deconv
+
+    torch.manual_seed(8)
+    inputs = torch.rand(2, 3, 32, 32)
+    result = deconv(baseline, inputs, "relu2", units="4,9", position="max", rule="deconvnet", batch_size=3)
+    assert result.image.tolist() == [0, 0, 1, 1] and result.units.tolist() == [4, 9, 4, 9]
+    for row, (b, unit) in enumerate(zip(result.image, result.units, strict=True)):
+        expected = deconv_projection(baseline, inputs[b:b + 1], "relu2", int(unit), "max", "deconvnet")
+        np.testing.assert_allclose(result.projections[row], expected.numpy(), rtol=1e-5, atol=1e-8)
+        activations = unit_activations(baseline, inputs[b:b + 1], "relu2")[0, unit]
+        assert result.peaks[row] == pytest.approx(float(activations.max()))
+    assert result.figure_names()[1:] == ["projection_image000_unit0004", "projection_image000_unit0009",
+                                         "projection_image001_unit0004", "projection_image001_unit0009"]
+    assert result.summary()["peaks"][3]["image"] == 1 and "compute_seconds" in result.summary()
+    top = deconv(baseline, inputs, "relu2", top=2)
+    assert [int(u) for u in top.units[:2]] == strongest_units(unit_activations(baseline, inputs[:1], "relu2")[0], 2)
+    with pytest.raises(ConvlensError, match="not both"):
+        deconv(baseline, inputs, "relu2", units=[1], top=2)
+    with pytest.raises(ConvlensError, match="position"):
+        deconv(baseline, inputs, "relu2", position="peak")
+
+
+def test_default_rule_follows_the_downsampling():
+    """Issue 14.8: deconvnet where only max-pooling downsamples (the paper's setting), guided where convolutions
+    are strided."""
+    import timm
+    import torchvision
+
+    from convlens.zeiler import default_rule
+
+    assert default_rule(BaselineCNN(3, 32)) == "deconvnet"
+    assert default_rule(torchvision.models.vgg11()) == "deconvnet"
+    assert default_rule(torchvision.models.resnet18()) == "guided"
+    assert default_rule(timm.create_model("tf_efficientnet_lite0", pretrained=False)) == "guided"
+
+
+def nyquist_share(projection: np.ndarray) -> float:
+    """The share of a projection's spectral power at the highest frequency (a period-2 checkerboard)."""
+    power = np.abs(np.fft.fft2(projection.sum(axis=0))) ** 2
+    fy = np.abs(np.fft.fftfreq(power.shape[0]))[:, None]
+    fx = np.abs(np.fft.fftfreq(power.shape[1]))[None, :]
+    return float(power[(fy == 0.5) | (fx == 0.5)].sum() / power.sum())
+
+
+def test_default_rule_draws_no_checkerboard_on_the_default_model(default_model, sample_photos):
+    """Issue 14.8: the default model's first `deconv` is readable. EfficientNet-Lite0 downsamples by strided
+    convolutions: deconvnet puts 11-17 % of the power (blocks.3) at the period-2 frequency, guided backprop,
+    the default there, under 4 %; the figures say which rule drew them."""
+    from convlens.zeiler import deconv
+
+    photos = sample_photos[:2]
+    default = deconv(default_model, photos, "blocks.3", units=[3, 10], position="max")
+    assert (default.rule, default.rule_requested) == ("guided", "auto")
+    deconvnet = deconv(default_model, photos, "blocks.3", units=[3, 10], position="max", rule="deconvnet")
+    for ours, paper in zip(default.projections, deconvnet.projections, strict=True):
+        assert nyquist_share(paper) > 0.08 and nyquist_share(ours) < nyquist_share(paper) / 3
+    figures = default.figures()
+    assert "guided backprop (default for this model)" in figures["projections"]._suptitle.get_text()
+    assert "guided backprop" in figures["projection_image000_unit0003"].axes[0].get_title()
+    assert "rule: deconvnet" in deconvnet.figures()["projections"]._suptitle.get_text()
+
+
+def test_deconvnet_ignores_the_image_without_max_pool_switches(default_model, sample_photos):
+    """Why deconvnet checkerboards here (docs/deconvnet.md): with no max-pool on the way its signal never
+    depends on the image, so one activation's projection is the same pattern on every photo, scaled by the
+    activation; guided backprop's differs from photo to photo."""
+    inputs = default_model.prepare(sample_photos)
+    layer, unit, position = "blocks.5", 3, (4, 4)
+    values = unit_activations(default_model, inputs, layer)[:, unit, position[0], position[1]]
+    positive = torch.nonzero(values > 0).flatten()
+    assert len(positive) >= 2
+    count = len(positive)
+    for rule, same in (("deconvnet", True), ("guided", False)):
+        projections = project_activations(default_model, inputs[positive], layer, [unit] * count,
+                                          [position] * count, rule)
+        per_unit = projections / values[positive].view(-1, 1, 1, 1)
+        assert torch.allclose(per_unit[1:], per_unit[:1].expand_as(per_unit[1:]), rtol=1e-3,
+                              atol=1e-4 * float(per_unit.abs().max())) == same

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from convlens.models import BaselineCNN
-from convlens.receptive_field import receptive_field
+from convlens.zeiler.receptive_field import receptive_field
 
 
 def chain_spans(chain: list[tuple[int, int, int | str]], size: int) -> list[tuple[int, int]]:

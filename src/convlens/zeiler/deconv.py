@@ -21,8 +21,11 @@ the signal goes down both branches and adds up, as the gradient does.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -31,10 +34,15 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from convlens.errors import ConvlensError
-from convlens.hooks import hand_on_copy, preserved_state, resolve_layer
-from convlens.models.classifier import ImageClassifier
+from convlens.hooks import first_tensor, forward_hooks, hand_on_copy, module_device, preserved_state
+from convlens.models.classifier import ImageClassifier, ImagesLike, as_batch, as_module
+from convlens.progress import ProgressLike, track
+
+if TYPE_CHECKING:
+    from convlens.zeiler.results import DeconvResult
 
 RULES = ("deconvnet", "guided", "gradient")
+AUTO = "auto"  # the default: ``default_rule(model)``
 POSITIONS = ("map", "max")
 
 
@@ -112,8 +120,28 @@ def rectifier_rule(rule: str) -> Iterator[None]:
 
 def check_rule(rule: str) -> str:
     if rule not in RULES:
-        raise ConvlensError(f"unknown rule {rule!r}; use one of {', '.join(RULES)}")
+        raise ConvlensError(f"unknown rule {rule!r}; use one of {', '.join((AUTO, *RULES))}")
     return rule
+
+
+def default_rule(model: ImageClassifier | nn.Module) -> str:
+    """``deconvnet`` where the network downsamples only by pooling (Zeiler & Fergus's setting: the max-pool
+    switches carry the image into the projection), ``guided`` where any convolution is strided.
+
+    Without switches the deconvnet's way down does not depend on the image at all (it rectifies the signal but
+    ignores the forward masks), so on strided networks (ResNet, MobileNet, EfficientNet) every projection of a
+    unit is the same pattern of overlapping transposed strided kernels: a checkerboard. Guided backprop keeps
+    the forward masks and draws the image's own edges. docs/deconvnet.md has the details.
+    """
+    strided = any(isinstance(m, nn.modules.conv._ConvNd) and any(s > 1 for s in m.stride)
+                  for m in as_module(model).modules())
+    return "guided" if strided else "deconvnet"
+
+
+def resolve_rule(model: ImageClassifier | nn.Module, rule: str) -> str:
+    """``rule``, or for ``"auto"`` the model's ``default_rule``."""
+    return default_rule(model) if rule == AUTO else check_rule(rule)
+
 
 
 class _StopForward(Exception):
@@ -129,24 +157,18 @@ def layer_outputs(module: nn.Module, layer: str, calls: int | None = None) -> It
     run it with ``run_forward``. Downstream code gets a clone, so in-place ops after the layer cannot change
     what was recorded.
     """
-    target = resolve_layer(module, layer)
     record: dict = {"calls": 0}
 
     def hook(_module, _inputs, output):
-        tensor = output[0] if isinstance(output, (tuple, list)) else output
-        if not isinstance(tensor, torch.Tensor):
-            raise ConvlensError(f"layer {layer!r} returns {type(output).__name__}, not a tensor; choose another")
+        tensor = first_tensor(output, layer)
         record["calls"] += 1
         record["output"] = tensor
         if calls is not None and record["calls"] >= calls:
             raise _StopForward
         return hand_on_copy(output, tensor)
 
-    handle = target.register_forward_hook(hook)
-    try:
+    with forward_hooks(module, {layer: hook}):
         yield record
-    finally:
-        handle.remove()
 
 
 def run_forward(module: nn.Module, inputs: torch.Tensor, record: dict, layer: str) -> torch.Tensor:
@@ -166,9 +188,8 @@ def probe_layer(model: ImageClassifier | nn.Module, inputs: torch.Tensor, layer:
     ``inputs`` (float32, CPU). ``beyond_layer_may_fail``: an error raised after the layer ran (a classifier head
     built for another input size) ends the pass instead of propagating."""
     with preserved_state(model) as net, layer_outputs(net, layer) as record, torch.inference_mode():
-        device = next(iter(net.parameters()), torch.empty(0)).device
         try:
-            output = run_forward(net, inputs.to(device), record, layer)
+            output = run_forward(net, inputs.to(module_device(net)), record, layer)
         except (RuntimeError, ValueError, AssertionError):
             if not beyond_layer_may_fail or "output" not in record:
                 raise
@@ -199,8 +220,7 @@ def project_and_measure(model: ImageClassifier | nn.Module, inputs: torch.Tensor
     with preserved_state(model) as net:
         for parameter in net.parameters():
             parameter.requires_grad_(False)  # only the input's gradient is wanted
-        device = next(iter(net.parameters()), torch.empty(0)).device
-        x = inputs.detach().to(device).clone().requires_grad_(True)
+        x = inputs.detach().to(module_device(net)).clone().requires_grad_(True)
         with (layer_outputs(net, layer, calls=layer_calls) as record, rectifier_rule(rule), torch.inference_mode(False),
               torch.enable_grad()):
             output = run_forward(net, x, record, layer)
@@ -270,15 +290,100 @@ def deconv_projection(model: ImageClassifier | nn.Module, inputs: torch.Tensor, 
     return project_activations(model, inputs, layer, [unit], [where], rule, layer_calls=calls)[0]
 
 
-def projection_image(projection: torch.Tensor | np.ndarray, percentile: float = 99.5) -> np.ndarray:
-    """A ``C x H x W`` projection as an ``H x W x 3`` display image: zero is mid-grey and the ``percentile``
-    of ``|value|`` reaches full black or full colour (a few extreme pixels would otherwise wash it out)."""
-    array = projection.detach().cpu().float().numpy() if isinstance(projection, torch.Tensor) else projection
-    array = np.asarray(array, dtype=np.float64)
-    if array.shape[0] == 1:
-        array = np.repeat(array, 3, axis=0)
-    scale = np.percentile(np.abs(array), percentile) if array.size else 0.0
-    if scale <= 0:
-        scale = np.abs(array).max() if array.size else 0.0
-    shown = 0.5 + 0.5 * array / scale if scale > 0 else np.full_like(array, 0.5)
-    return np.clip(shown.transpose(1, 2, 0), 0.0, 1.0)
+UnitsSpec = int | str | Sequence[int] | None
+
+
+def parse_units(spec: UnitsSpec, channels: int) -> list[int]:
+    """``"0:16"``, ``"0:64:4"``, ``"3,7,12"``, an int or a list of ints to channel indices (a range is clipped
+    to ``channels``; an explicit index out of range is an error). None means every channel."""
+    if spec is None:
+        return list(range(channels))
+    if isinstance(spec, str):
+        units: list[int] = []
+        for part in (p.strip() for p in spec.split(",") if p.strip()):
+            try:
+                if ":" in part:
+                    units += list(range(channels))[slice(*[int(b) if b else None for b in part.split(":")])]
+                else:
+                    units.append(int(part))
+            except ValueError:
+                raise ConvlensError(f"--units {spec!r}: expected START:STOP[:STEP] or a list like 3,7,12") from None
+    else:
+        units = [int(spec)] if isinstance(spec, (int, np.integer)) else [int(u) for u in spec]
+    bad = [u for u in units if not 0 <= u < channels]
+    if bad:
+        raise ConvlensError(f"unit {bad[0]} out of range: the layer has {channels} channels")
+    if not units:
+        raise ConvlensError(f"--units {spec!r} selects no channel (the layer has {channels})")
+    return list(dict.fromkeys(units))
+
+
+def deconv(model: ImageClassifier | nn.Module, images: ImagesLike, layer: str, *, units: UnitsSpec = None,
+           top: int | None = None, position: str = "map", rule: str = AUTO, batch_size: int = 16,
+           progress: ProgressLike = False) -> DeconvResult:
+    """Project channels of ``layer`` down to pixel space for each image (Zeiler & Fergus's deconvnet, guided
+    backprop or the plain gradient), as ``convlens deconv`` does.
+
+    ``units``: the channels to project, the same for every image (an int, a list, ``"0:4"`` or ``"3,7"``);
+    ``top=N``: each image's N channels with the largest activation instead; neither: each image's strongest.
+    ``position``: ``"map"`` feeds the channel's whole map down, ``"max"`` only its strongest activation.
+    ``rule``: ``"auto"`` (``default_rule(model)``: deconvnet on max-pooling networks, guided on strided ones),
+    ``"deconvnet"``, ``"guided"`` or ``"gradient"``. ``batch_size`` projections run at once.
+    """
+    from convlens.zeiler.figures import display_image
+    from convlens.zeiler.results import DeconvResult
+
+    if position not in POSITIONS:
+        raise ConvlensError(f"position {position!r}: use one of {', '.join(POSITIONS)}")
+    if units is not None and top is not None:
+        raise ConvlensError("give either units (--unit, repeatable) or top (--top N), not both")
+    if top is not None and top < 1:
+        raise ConvlensError(f"--top must be at least 1, got {top}")
+    chosen_rule = resolve_rule(model, rule)
+    inputs = as_batch(model, images)
+    start = time.perf_counter()
+    calls, activations = probe_layer(model, inputs, layer)  # where to stop the forward pass, where the peaks are
+    if activations.dim() < 3:
+        raise ConvlensError(f"layer {layer!r} has output shape {tuple(activations.shape[1:])}: choose a layer "
+                            "with channel maps")
+    rows = [(b, unit) for b in range(len(inputs)) for unit in _units_of(activations[b], units, top)]
+    peaks = [strongest_position(activations[b, unit]) for b, unit in rows]
+    where = peaks if position == "max" else [None] * len(rows)
+    chunks = [range(first, min(first + batch_size, len(rows))) for first in range(0, len(rows), max(1, batch_size))]
+    projections = torch.cat([
+        project_activations(model, inputs[[rows[i][0] for i in chunk]], layer, [rows[i][1] for i in chunk],
+                            [where[i] for i in chunk], chosen_rule, layer_calls=calls)
+        for chunk in track(chunks, len(chunks), "projecting", progress)])
+    seconds = time.perf_counter() - start
+    return DeconvResult(
+        model=describe_model(model), layer=layer, rule=chosen_rule, rule_requested=rule, position=position,
+        top=top, inputs=inputs.detach().float().cpu().numpy(),
+        displays=np.stack([display_image(model, x) for x in inputs.detach().cpu()]),
+        image=np.array([b for b, _ in rows], dtype=np.int64), units=np.array([u for _, u in rows], dtype=np.int64),
+        projections=projections.numpy(),
+        peaks=np.array([float(activations[b, u][p]) for (b, u), p in zip(rows, peaks, strict=True)], np.float32),
+        peak_positions=np.array(peaks, dtype=np.int64).reshape(len(rows), -1),
+        layer_output_shape=tuple(activations.shape[1:]), sources=describe_images(images),
+        compute_seconds=seconds)
+
+
+def _units_of(activations: torch.Tensor, units: UnitsSpec, top: int | None) -> list[int]:
+    """The channels to project for one image (``C x ...`` activations)."""
+    if top is not None:
+        return strongest_units(activations, top)
+    if units is not None:
+        return parse_units(units, activations.shape[0])
+    return strongest_units(activations, 1)
+
+
+def describe_model(model: ImageClassifier | nn.Module) -> dict:
+    """What summary.json records about the model (a bare module: its class)."""
+    if isinstance(model, ImageClassifier):
+        return model.describe()
+    return {"spec": "custom", "architecture": type(model).__name__}
+
+
+def describe_images(images) -> list[str]:
+    """How summary.json names the images given: their paths, or what kind of object they were."""
+    items = images if isinstance(images, (list, tuple)) else [images]
+    return [str(i) if isinstance(i, (str, Path)) else type(i).__name__ for i in items]

@@ -31,10 +31,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from convlens.deconv import _StopForward, layer_outputs, probe_layer
 from convlens.errors import ConvlensError
 from convlens.hooks import preserved_state
 from convlens.models.classifier import ImageClassifier, as_module
+from convlens.zeiler.deconv import _StopForward, layer_outputs, probe_layer
 
 
 @dataclass

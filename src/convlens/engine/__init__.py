@@ -1,0 +1,72 @@
+"""The region-recomputation engine: evaluate many variants of one input that differ from it in known rectangles,
+recomputing only what each rectangle can change.
+
+Occlusion uses it for its windows; any method whose variants are "the clean input with a rectangle replaced"
+can too (RISE-like cells, deletion/insertion in square patches). The interface::
+
+    from convlens.engine import Regions, build_engine
+
+    regions = Regions.windows(row_origins, col_origins, size, fill)   # or Regions(row_lo, row_hi, ...)
+    with preserved_state(model) as net, torch.inference_mode():
+        engine = build_engine(net, inputs, regions, layer="layer2")  # layer: optional, read per variant
+        engine.clean_output, engine.clean_layer                      # the clean pass, run once
+        rows, cols = regions.grid(engine.device)                     # every variant, row-major
+        output, layer = engine.run(rows[:64], cols[:64], channel=3)  # a batch of variants
+
+- ``Regions``: variant ``(i, j)`` is the input with rows ``row_lo[i]..row_hi[i]`` and columns
+  ``col_lo[j]..col_hi[j]`` taken from ``fill`` (separable: rows depend on ``i`` only, columns on ``j`` only).
+  ``Regions.variants`` builds the full inputs, ``coverage`` sums per-variant values over the pixels each covers.
+- ``build_engine`` traces the model with ``torch.fx`` (``layer`` kept as one node) and plans, for every node
+  whose change stays within half of its map, a recomputation on the changed region only (``RegionalEngine``,
+  name ``"incremental"``). When that is impossible it returns the plain ``BatchedEngine`` (every variant as a
+  full input) with ``reason`` saying why: the model does not trace, the graph does not reproduce the model's
+  output, the layer is hidden inside a traced leaf, or nothing local follows the input. ``incremental=False``
+  asks for the plain engine.
+- Both engines: ``name``, ``reason`` ("" when incremental), ``incremental_nodes`` (graph nodes computed on
+  regions), ``clean_output``, ``clean_layer``, ``device``, ``format`` (memory format of the batches),
+  ``per_sample_bytes`` (what one variant costs in memory, for ``convlens.perturbation.auto_batch_size``), and
+  ``run(row_index, col_index, channel=None) -> (output, layer output or None)``.
+
+Results are exact up to float rounding: the regional engine computes each op as the model does, on a region
+that holds every value the variant can change. Build and run the engines inside ``torch.inference_mode()`` and
+``hooks.preserved_state`` (the caller holds both for the engine's life).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from convlens.engine.batched import ACTIVATION_COPIES, BatchedEngine, forward_measured, model_output
+from convlens.engine.ops import NotTraceable, trace
+from convlens.engine.regional import MAX_REGION_FRACTION, RegionalEngine
+from convlens.engine.regions import Regions, inside
+
+Engine = RegionalEngine | BatchedEngine
+
+
+def build_engine(net: nn.Module, inputs: torch.Tensor, regions: Regions, layer: str | None = None,
+                 incremental: bool = True) -> Engine:
+    """The regional engine where the model allows it, else the batched one with the reason recorded."""
+    if not incremental:
+        return BatchedEngine(net, inputs, regions, layer, reason="incremental=False")
+    try:
+        return RegionalEngine(net, trace(net, layer), inputs, regions, layer)
+    except NotTraceable as why:
+        return BatchedEngine(net, inputs, regions, layer, reason=str(why))
+
+
+__all__ = [
+    "ACTIVATION_COPIES",
+    "MAX_REGION_FRACTION",
+    "BatchedEngine",
+    "Engine",
+    "NotTraceable",
+    "RegionalEngine",
+    "Regions",
+    "build_engine",
+    "forward_measured",
+    "inside",
+    "model_output",
+    "trace",
+]

@@ -1,0 +1,61 @@
+"""Transformation robustness (Lucid's ``standard_transforms``), applied per image in one resampling.
+
+Lucid pads by 12 (constant 0.5), jitters by up to 8 px, scales by 0.95..1.05, rotates within +-10 degrees
+(0 five times as likely as any other angle), and jitters again by up to 4 px, each on the whole batch. Here each
+image draws its own transformation, and scale, rotation and both jitters are composed into one affine map that
+``grid_sample`` applies once (one interpolation instead of three, and every unit sees its own random views).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+SCALES = tuple(1 + (i - 5) / 50.0 for i in range(11))
+ANGLES = tuple(range(-10, 11)) + (0,) * 5
+
+
+@dataclass(frozen=True)
+class Robustness:
+    """The transformation distribution; ``Robustness.none()`` switches it off."""
+
+    pad: int = 12
+    jitter: int = 8
+    scales: tuple[float, ...] = SCALES
+    angles: tuple[float, ...] = ANGLES
+    jitter_after: int = 4
+
+    @classmethod
+    def none(cls) -> Robustness:
+        return cls(pad=0, jitter=1, scales=(1.0,), angles=(0.0,), jitter_after=1)
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """``images`` (``N x 3 x H x W`` in [0, 1]) padded and randomly transformed; the size grows by 2 * pad."""
+        if self.pad:
+            images = F.pad(images, [self.pad] * 4, mode="constant", value=0.5)
+        count, _, height, width = images.shape
+
+        def draw(choices) -> torch.Tensor:
+            index = torch.randint(len(choices), (count,), generator=generator)
+            return torch.tensor(choices, dtype=torch.float32)[index]
+
+        shift_x = draw(range(self.jitter)) + draw(range(self.jitter_after))
+        shift_y = draw(range(self.jitter)) + draw(range(self.jitter_after))
+        scale = draw(self.scales)
+        angle = draw(self.angles) * (math.pi / 180)
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        # grid_sample maps output coordinates to input coordinates (normalised to [-1, 1]): the inverse of
+        # "scale, rotate about the centre, then translate by the jitter".
+        theta = torch.zeros(count, 2, 3)
+        theta[:, 0, 0] = cos / scale
+        theta[:, 0, 1] = -sin / scale * (height / width)
+        theta[:, 1, 0] = sin / scale * (width / height)
+        theta[:, 1, 1] = cos / scale
+        theta[:, 0, 2] = -2 * shift_x / width
+        theta[:, 1, 2] = -2 * shift_y / height
+        theta = theta.to(images.device, images.dtype)
+        grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+        return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
