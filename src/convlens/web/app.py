@@ -152,14 +152,24 @@ def create_app(model: ImageClassifier, images: list[Path] | None = None, *, work
             raise HTTPException(400, f"no array {missing[0]!r}; this result has {', '.join(result.arrays)}")
         # JSONResponse straight away: FastAPI's encoder would walk every number of the arrays one by one
         return JSONResponse({"key": key, "cached": cached, "figure": f"/api/figures/{key}.png",
-                             "caption": result.caption, "predictions": result.predictions,
-                             "summary": to_json(result.summary),
+                             "caption": result.caption, "summary": to_json(result.summary),
                              "arrays": {name: array_json(result.arrays[name]) for name in wanted}})
+
+    @app.get("/api/images/{image_id}/predictions", summary="An image's top-3 classes and probabilities")
+    async def image_predictions(image_id: str) -> list[dict]:
+        stored = store.get(image_id)
+        key = cache_key(fingerprint, stored.id, "predictions")
+        found = cache.get(key)
+        if found is None:
+            found = await pool.run(f"predictions of {stored.name}",
+                                   lambda m, progress: explaining.predictions(m, stored.path))
+            cache.put(key, found)
+        return found
 
     @app.get("/api/figures/{key}.png", summary="The figure of a computed result", response_class=Response)
     async def figure(key: str) -> Response:
         result = cache.get(key)
-        if result is None:
+        if not isinstance(result, explaining.Explained):
             raise HTTPException(404, "no such result (computed results are cached for a while; run it again)")
         return Response(result.png, media_type="image/png")
 

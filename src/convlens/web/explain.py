@@ -28,7 +28,6 @@ class Explained:
     summary: dict[str, Any]
     png: bytes
     caption: str
-    predictions: list[dict]  # the image's top-3 classes
 
 
 def explain(model: ImageClassifier, image_path, method: str, layer: str | None, unit: int | None, target,
@@ -54,10 +53,13 @@ def explain(model: ImageClassifier, image_path, method: str, layer: str | None, 
             raise ConvlensError("feature maps are a layer's: choose a layer")
         result = compute.feature_maps(model, inputs, layer)
         png = _figure_png(_one_figure(result, f"featuremaps-{layer}"))
+    return Explained(result.arrays(), result.summary(), png, caption(model, method, result.summary()))
+
+
+def predictions(model: ImageClassifier, image_path, top: int = 3) -> list[dict]:
     from convlens.predict import predict
 
-    top = [p.to_dict() for p in predict(model, inputs, top=3)[0]]
-    return Explained(result.arrays(), result.summary(), png, caption(model, method, result.summary()), top)
+    return [p.to_dict() for p in predict(model, [image_path], top=top)[0]]
 
 
 def caption(model: ImageClassifier, method: str, summary: dict) -> str:

@@ -55,7 +55,16 @@ async function loadImages() {
   }
   if (chosen) choose(chosen, true);
 }
+async function showPredictions(id) {
+  $('predictions').textContent = '';
+  const response = await fetch('/api/images/' + id + '/predictions');
+  if (!response.ok || chosen !== id) return;
+  const top = await response.json();
+  $('predictions').textContent = 'top-3: ' + top.map(
+    (p) => p.name + ' ' + (100 * p.probability).toFixed(1) + '%').join(', ');
+}
 function choose(id, quiet) {
+  if (chosen !== id || !$('predictions').textContent) showPredictions(id);
   chosen = id;
   document.querySelectorAll('#images img').forEach((img) => img.classList.toggle('chosen', img.dataset.id === id));
   if (!quiet) run();
@@ -89,8 +98,6 @@ async function run() {
     $('result-figure').src = body.figure;
     $('result-figure').dataset.key = body.key;
     $('caption').textContent = body.caption;
-    $('predictions').textContent = 'top-3: ' + body.predictions.map(
-      (p) => p.name + ' ' + (100 * p.probability).toFixed(1) + '%').join(', ');
     $('legend').hidden = body.summary.command !== 'cam';
     // maps of the input are enlarged to a readable size; figures keep their own
     $('result-figure').style.width = ['cam', 'deconv'].includes(body.summary.command) ? '336px' : 'auto';
