@@ -1,13 +1,24 @@
 """Class activation maps: CAM and the Grad-CAM family, on custom and pretrained models.
 
-``with GradCAM(model, layer) as cam: result = cam(images, targets)``; ``result.raw`` (layer resolution, after
-the method's ReLU) and ``result.maps`` (input resolution, 0..1). See docs/cam.md.
+``convlens.cam(model, images, method="gradcam")`` returns a ``CAMResult`` (``arrays()``, ``summary()``,
+``figures()``, ``save(out)``); ``method=[...]`` a ``CAMComparison``. The classes are the same methods for
+repeated use: ``GradCAM(model, layer)(images, targets)``. ``METHODS`` maps CLI names to classes; a new method is
+one subclass of ``BaseCAM`` decorated with ``@register``. See docs/cam.md.
 """
 
-from convlens.cam.base import BaseCAM, CAMResult, LayerData, fuse_maps, min_max_per_image, upsample
+from convlens._callable import callable_package
+from convlens.cam.base import (
+    METHODS,
+    BaseCAM,
+    CAMWarning,
+    LayerData,
+    fuse_maps,
+    min_max_per_image,
+    register,
+    upsample,
+)
 from convlens.cam.methods import (
     CAM,
-    METHODS,
     AblationCAM,
     EigenCAM,
     GradCAM,
@@ -19,24 +30,56 @@ from convlens.cam.methods import (
     explain,
     find_cam_head,
 )
+from convlens.cam.more_methods import (
+    ISCAM,
+    KPCACAM,
+    SSCAM,
+    EigenGradCAM,
+    FinerCAM,
+    FullGrad,
+    GradCAMElementWise,
+    HiResCAM,
+    ShapleyCAM,
+    SmoothGradCAMPlusPlus,
+)
+from convlens.cam.result import CAMComparison, CAMResult, ImageInfo
+from convlens.cam.run import cam
 
 __all__ = [
+    "EigenGradCAM",
+    "FinerCAM",
+    "FullGrad",
+    "GradCAMElementWise",
+    "HiResCAM",
+    "ISCAM",
+    "KPCACAM",
+    "SSCAM",
+    "ShapleyCAM",
+    "SmoothGradCAMPlusPlus",
+
     "CAM",
     "METHODS",
     "AblationCAM",
     "BaseCAM",
+    "CAMComparison",
     "CAMResult",
+    "CAMWarning",
     "EigenCAM",
     "GradCAM",
     "GradCAMPlusPlus",
+    "ImageInfo",
     "LayerCAM",
     "LayerData",
     "ScoreCAM",
     "XGradCAM",
+    "cam",
     "cam_method",
     "explain",
     "find_cam_head",
     "fuse_maps",
     "min_max_per_image",
+    "register",
     "upsample",
 ]
+
+callable_package(__name__, "cam")

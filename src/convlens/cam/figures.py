@@ -34,6 +34,15 @@ def _colour_bar(figure: Figure, axes) -> None:
     bar.ax.tick_params(labelsize=7)
 
 
+def _overlay(image: np.ndarray, heatmap: np.ndarray) -> np.ndarray:
+    """The map over the image; an undefined (NaN) map shows the image alone (titled so by the caller)."""
+    return overlay(image, heatmap, cmap=CMAP) if np.isfinite(heatmap).all() else np.clip(image, 0, 1)
+
+
+def _method_label(method: str, heatmap: np.ndarray) -> str:
+    return method if np.isfinite(heatmap).all() else f"{method}\n(undefined: NaN)"
+
+
 def _title_colour(tile: Tile) -> str:
     return "black" if tile.correct is None else (CORRECT if tile.correct else WRONG)
 
@@ -47,8 +56,8 @@ def image_figure(tile: Tile, methods: Sequence[str], suptitle: str, tile_inches:
     axes[0].imshow(np.clip(tile.image, 0, 1))
     axes[0].set_title("input", fontsize=9)
     for axis, method, heatmap in zip(axes[1:], methods, tile.maps, strict=True):
-        axis.imshow(overlay(tile.image, heatmap, cmap=CMAP))
-        axis.set_title(method, fontsize=9)
+        axis.imshow(_overlay(tile.image, heatmap))
+        axis.set_title(_method_label(method, heatmap), fontsize=9)
     for axis in axes:
         axis.axis("off")
     figure.suptitle(f"{suptitle}\n{tile.title.replace(chr(10), '  ·  ')}", fontsize=10,
@@ -69,8 +78,9 @@ def grid_figure(tiles: Sequence[Tile], methods: Sequence[str], suptitle: str, ti
             axis.axis("off")
             if index < len(tiles):
                 tile = tiles[index]
-                axis.imshow(overlay(tile.image, tile.maps[0], cmap=CMAP))
-                axis.set_title(tile.title, fontsize=7, color=_title_colour(tile))
+                axis.imshow(_overlay(tile.image, tile.maps[0]))
+                title = tile.title if np.isfinite(tile.maps[0]).all() else f"{tile.title}\nmap undefined (NaN)"
+                axis.set_title(title, fontsize=7, color=_title_colour(tile))
     else:
         rows, cols = len(tiles), 1 + len(methods)
         figure, axes = plt.subplots(rows, cols, figsize=(cols * tile_inches + 0.9, rows * tile_inches + 0.5),
@@ -79,7 +89,10 @@ def grid_figure(tiles: Sequence[Tile], methods: Sequence[str], suptitle: str, ti
             axes[row, 0].imshow(np.clip(tile.image, 0, 1))
             axes[row, 0].set_title(tile.title, fontsize=7, color=_title_colour(tile))
             for column, (method, heatmap) in enumerate(zip(methods, tile.maps, strict=True), start=1):
-                axes[row, column].imshow(overlay(tile.image, heatmap, cmap=CMAP))
+                axes[row, column].imshow(_overlay(tile.image, heatmap))
+                if not np.isfinite(heatmap).all():
+                    axes[row, column].text(0.5, 0.5, "undefined\n(NaN)", transform=axes[row, column].transAxes,
+                                           ha="center", va="center", fontsize=8, color="white")
                 if row == 0:
                     axes[row, column].set_title(method, fontsize=9)
         for axis in axes.flat:

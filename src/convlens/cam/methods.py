@@ -13,9 +13,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from convlens.cam.base import BaseCAM, LayerData
+from convlens.cam.base import METHODS, BaseCAM, LayerData, register
 from convlens.errors import ConvlensError
-from convlens.hooks import forward_hooks, preserved_state, replace_in_output
+from convlens.hooks import (
+    first_tensor,
+    forward_hooks,
+    module_device,
+    preserved_state,
+    replace_in_output,
+    resolve_layer,
+)
 from convlens.models.classifier import ImageClassifier
 from convlens.models.loading import preferred_memory_format
 from convlens.targets import ClassTarget, target_scores
@@ -26,6 +33,7 @@ XGRADCAM_EPS = 1e-7
 SCORECAM_MASK_EPS = 1e-8
 
 
+@register
 class CAM(BaseCAM):
     """CAM (Zhou et al. 2016): ``sum_c w[target, c] A_c`` with ``w`` the weights of the final linear layer.
 
@@ -36,6 +44,7 @@ class CAM(BaseCAM):
 
     name = "cam"
     title = "CAM"
+    cost = "1 forward (+ 1 probe when the extractor is made)"
     relu = False
 
     def _resolve_layers(self, layer):
@@ -54,6 +63,7 @@ class CAM(BaseCAM):
         return self.classifier.weight.detach()[rows].float().to(data.activations.device)
 
 
+@register
 class GradCAM(BaseCAM):
     """Grad-CAM (Selvaraju et al. 2017): ``w_c = mean_ij G_cij``."""
 
@@ -65,6 +75,7 @@ class GradCAM(BaseCAM):
         return data.gradients.float().mean(dim=(2, 3))
 
 
+@register
 class GradCAMPlusPlus(BaseCAM):
     """Grad-CAM++ (Chattopadhyay et al. 2018, eq. 19 with the exponential-score shortcut):
     ``a_cij = G^2 / (2 G^2 + sum_ij(A_c) G^3)`` (0 where ``G = 0``), ``w_c = sum_ij a_cij relu(G_cij)``."""
@@ -82,6 +93,7 @@ class GradCAMPlusPlus(BaseCAM):
         return (alpha * gradients.clamp_min(0)).sum(dim=(2, 3))
 
 
+@register
 class XGradCAM(BaseCAM):
     """XGrad-CAM (Fu et al. 2020): ``w_c = sum_ij G_cij A_cij / sum_ij A_cij``."""
 
@@ -94,6 +106,7 @@ class XGradCAM(BaseCAM):
         return (data.gradients.float() * data.activations / (sums + XGRADCAM_EPS)).sum(dim=(2, 3))
 
 
+@register
 class LayerCAM(BaseCAM):
     """Layer-CAM (Jiang et al. 2021): a weight per position, ``sum_c relu(G_cij) A_cij``."""
 
@@ -105,31 +118,47 @@ class LayerCAM(BaseCAM):
         return (data.gradients.float().clamp_min(0) * data.activations).sum(dim=1)
 
 
+@register
 class EigenCAM(BaseCAM):
     """Eigen-CAM (Muhammad & Yeasin 2020): the activations (positions x channels, each channel centred)
     projected on their first principal component. Class-agnostic: the target does not change the map.
 
     The sign of a principal component is arbitrary (pytorch-grad-cam keeps whatever LAPACK returns); here it
-    is chosen so that the projection correlates positively with the channel-summed activations, so the map
-    points at where the layer responds most, whatever the SVD routine.
+    is chosen so that the projection correlates positively with the channel sum of the layer's positive part
+    ``relu(A)``, so the map points at where the layer responds most, whatever the SVD routine, also on layers
+    without a ReLU (where the plain sum is dominated by negative values: EfficientNet-Lite0's ``conv_head``
+    and ``blocks.6`` land on the saucer of skimage's coffee with it, on the cup with this rule).
     """
 
     name = "eigencam"
     title = "Eigen-CAM"
 
     def _layer_map(self, data: LayerData) -> torch.Tensor:
-        activations = data.activations.double()
-        n, _, h, w = activations.shape
-        positions = activations.flatten(2).transpose(1, 2)  # n x hw x C
-        centred = positions - positions.mean(dim=1, keepdim=True)
-        _, _, vh = torch.linalg.svd(centred, full_matrices=False)
-        projection = (centred @ vh[:, 0, :, None])[..., 0]  # n x hw
-        total = activations.sum(dim=1).flatten(1)
-        agreement = (projection * (total - total.mean(dim=1, keepdim=True))).sum(dim=1)
-        sign = torch.where(agreement < 0, -1.0, 1.0).to(projection.dtype)
-        return (projection * sign[:, None]).view(n, h, w).float()
+        return principal_map(data.activations)
 
 
+def principal_map(values: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
+    """The ``n x C x h x w`` values (positions x channels, each channel centred) projected on their first
+    principal component, oriented towards ``reference`` (default: the values' positive part; see EigenCAM)."""
+    values = values.double()
+    n, _, h, w = values.shape
+    positions = values.flatten(2).transpose(1, 2)  # n x hw x C
+    centred = positions - positions.mean(dim=1, keepdim=True)
+    _, _, vh = torch.linalg.svd(centred, full_matrices=False)
+    projection = (centred @ vh[:, 0, :, None])[..., 0]  # n x hw
+    return orient(projection, values if reference is None else reference).view(n, h, w).float()
+
+
+def orient(projection: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """``n x hw`` projections with their arbitrary signs chosen so that each correlates positively with the
+    channel sum of the ``reference``'s positive part (what a following ReLU passes on); on a layer without a
+    ReLU the plain channel sum is dominated by negative responses and can point away from the object."""
+    total = reference.double().clamp_min(0).sum(dim=1).flatten(1)
+    agreement = (projection * (total - total.mean(dim=1, keepdim=True))).sum(dim=1)
+    return projection * torch.where(agreement < 0, -1.0, 1.0).to(projection.dtype)[:, None]
+
+
+@register
 class ScoreCAM(BaseCAM):
     """Score-CAM (Wang et al. 2020) as pytorch-grad-cam computes it: each channel, upsampled to the input
     (bilinear, corners aligned) and scaled to [0, 1], masks the input; the target scores of the masked inputs,
@@ -142,14 +171,15 @@ class ScoreCAM(BaseCAM):
 
     name = "scorecam"
     title = "Score-CAM"
+    cost = "1 + one forward per distinct mask"
     extra_passes = True
 
     def _weights(self, data: LayerData) -> torch.Tensor:
         activations = data.activations
-        count, channels = activations.shape[:2]
+        size = tuple(data.inputs.shape[-2:])
         owners, representatives, groups = [], [], []
-        for image in range(count):
-            inverse, first = distinct_maps(activations[image])
+        for image in range(activations.shape[0]):
+            inverse, first = distinct_maps(activations[image], size)
             groups.append(inverse + len(owners))
             owners += [image] * len(first)
             representatives += first.tolist()
@@ -164,17 +194,27 @@ class ScoreCAM(BaseCAM):
         for start in self._track(starts, len(starts), "Score-CAM: masked inputs"):
             images = torch.tensor(owners[start:start + self.batch_size], device=device)
             picked = torch.tensor(channels[start:start + self.batch_size], device=device)
-            maps = F.interpolate(data.activations[images, picked][:, None], size=size, mode="bilinear",
-                                 align_corners=True)
-            flat = maps.flatten(1)
-            low, high = flat.amin(1, keepdim=True), flat.amax(1, keepdim=True)
-            masks = ((flat - low) / (high - low + SCORECAM_MASK_EPS)).view_as(maps)
+            masks = scorecam_masks(data.activations[images, picked], size)
             masked = data.inputs[images] * masks.to(data.inputs.dtype)
             output = data.module(masked.contiguous(memory_format=preferred_memory_format(device)))
             scores.append(target_scores(data.targets, output, images.tolist()).float())
         return torch.cat(scores)
 
 
+def scorecam_upsample(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """``k x h x w`` channel maps upsampled to the input as pytorch-grad-cam does (bilinear, corners aligned)."""
+    return F.interpolate(maps[:, None], size=tuple(size), mode="bilinear", align_corners=True)
+
+
+def scorecam_masks(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """The masks Score-CAM multiplies the input with: upsampled, then ``(m - min) / (max - min + 1e-8)``."""
+    upsampled = scorecam_upsample(maps, size)
+    flat = upsampled.flatten(1)
+    low, high = flat.amin(1, keepdim=True), flat.amax(1, keepdim=True)
+    return ((flat - low) / (high - low + SCORECAM_MASK_EPS)).view_as(upsampled)
+
+
+@register
 class AblationCAM(BaseCAM):
     """Ablation-CAM (Desai & Ramaswamy 2020): ``w_c = (y - y_c) / y`` with ``y_c`` the target score when channel
     ``c`` of the layer is set to zero. Ablated copies run ``batch_size`` at a time, across images.
@@ -186,6 +226,7 @@ class AblationCAM(BaseCAM):
 
     name = "ablationcam"
     title = "Ablation-CAM"
+    cost = "1 + one forward per non-zero channel"
     extra_passes = True
 
     def _weights(self, data: LayerData) -> torch.Tensor:
@@ -196,7 +237,16 @@ class AblationCAM(BaseCAM):
         if owners:
             ablated[active] = self._ablated_scores(data, owners, channels)
         original = data.scores[:, None].float()
-        return (original - ablated) / original
+        weights = (original - ablated) / original
+        undefined = original[:, 0] == 0
+        for image in undefined.nonzero()[:, 0].tolist():
+            target = data.targets[image]
+            what = f"class {target.index}" if isinstance(target, ClassTarget) else "the custom target"
+            self._note(f"Ablation-CAM: the score of {what} on image {data.first_image + image} is exactly 0, so "
+                       "its weights (y - y_c) / y are undefined and its map is NaN; explain another class or use "
+                       "gradcam")
+        # NaN, never a clean-looking map: the whole map of such an image is undefined
+        return torch.where(undefined[:, None], torch.full_like(weights, float("nan")), weights)
 
     def _ablated_scores(self, data: LayerData, owners: list[int], channels: list[int]) -> torch.Tensor:
         state: dict = {"calls": 0}
@@ -206,8 +256,7 @@ class AblationCAM(BaseCAM):
             state["calls"] += 1
             if state["calls"] % data.calls:
                 return None
-            tensor = output[0] if isinstance(output, (tuple, list)) else output
-            return replace_in_output(output, state["batch"].to(tensor.dtype))
+            return replace_in_output(output, state["batch"].to(first_tensor(output, data.layer).dtype))
 
         device = data.activations.device
         scores = []
@@ -225,23 +274,58 @@ class AblationCAM(BaseCAM):
         return torch.cat(scores)
 
 
-def distinct_maps(activations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Group the channels of one image's ``C x h x w`` activations whose maps are equal once scaled to [0, 1]
-    (constant maps all scale to zeros). Returns each channel's group and each group's first channel."""
+def distinct_maps(activations: torch.Tensor, size: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Group the channels of one image's ``C x h x w`` activations that give the same Score-CAM mask at input
+    size ``size`` (default: the layer's). Returns each channel's group and each group's first channel.
+
+    The mask is ``(m - min) / (max - min + 1e-8)`` of the upsampled map ``m``: channels equal after scaling to
+    [0, 1] give the same mask only where that ``+ 1e-8`` changes nothing, so they share a group only when the
+    factor ``span / (span + 1e-8)`` (span of the upsampled map) is the same number too; a channel with a span of
+    1e-9 keeps its own pass. All-zero channels give the zero mask; a constant channel joins them only if its
+    upsampled map is exactly constant (otherwise its mask is the rounding noise, divided by 1e-8).
+    """
+    size = tuple(activations.shape[-2:]) if size is None else tuple(size)
     flat = activations.flatten(1)
+    count = len(flat)
     low = flat.amin(1, keepdim=True)
     span = flat.amax(1, keepdim=True) - low
     scaled = torch.where(span > 0, (flat - low) / span.clamp_min(torch.finfo(flat.dtype).tiny),
                          torch.zeros_like(flat))
-    _, inverse = torch.unique(scaled, dim=0, return_inverse=True)
-    channel = torch.arange(len(flat), device=flat.device)
-    first = torch.full((int(inverse.max()) + 1,), len(flat), device=flat.device, dtype=torch.long)
+    _, shape_group = torch.unique(scaled, dim=0, return_inverse=True)
+    channel = torch.arange(count, device=flat.device)
+    # key per channel: (shape group, mask factor, own id); -1 as shape group marks the zero mask
+    factor = torch.zeros(count, dtype=torch.float64, device=flat.device)
+    own = torch.full((count,), -1, dtype=torch.long, device=flat.device)
+    varying = span[:, 0] > 0
+    shared = varying & (torch.bincount(shape_group)[shape_group] > 1)
+    zero_mask = flat.eq(0).all(1)
+    constant = ~varying & ~zero_mask
+    for chunk in shared.nonzero()[:, 0].split(64):
+        factor[chunk] = _mask_factor(_upsampled_span(activations[chunk], size))
+    for chunk in constant.nonzero()[:, 0].split(64):
+        exact = _upsampled_span(activations[chunk], size) == 0
+        zero_mask[chunk[exact]] = True
+        own[chunk[~exact]] = chunk[~exact]
+    shape_group = torch.where(zero_mask, -1, shape_group)
+    keys = torch.stack([shape_group.double(), factor, own.double()], dim=1)
+    _, inverse = torch.unique(keys, dim=0, return_inverse=True)
+    first = torch.full((int(inverse.max()) + 1,), count, device=flat.device, dtype=torch.long)
     first = first.scatter_reduce(0, inverse, channel, reduce="amin")
     # Number the groups by their first channel, so the evaluation order follows the channels.
     order = torch.argsort(first)
     rank = torch.empty_like(order)
     rank[order] = torch.arange(len(order), device=order.device)
     return rank[inverse], first[order]
+
+
+def _upsampled_span(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    upsampled = scorecam_upsample(maps, size).flatten(1)
+    return upsampled.amax(1) - upsampled.amin(1)
+
+
+def _mask_factor(span: torch.Tensor) -> torch.Tensor:
+    """``span / (span + 1e-8)`` as the mask computes it (float32): 1 wherever the eps is below rounding."""
+    return (span / (span + SCORECAM_MASK_EPS)).double()
 
 
 def find_cam_head(module: nn.Module, layer: str | None, input_size: Sequence[int]) -> tuple[str, str, nn.Linear]:
@@ -264,6 +348,8 @@ def find_cam_head(module: nn.Module, layer: str | None, input_size: Sequence[int
     features = linears[head][0]
     pooled = [name for name in order if name in maps and _is_pooled_into(maps[name], features)]
     flat = [name for name in order if name in maps and _is_pooled_into(maps[name], features, min_positions=1)]
+    if not pooled:
+        _refuse_norm_after_pooling(records, head)
     if not pooled and flat:
         size = "x".join(map(str, input_size))
         raise ConvlensError(f"the feature map global average pooling reads is 1x1 at {size} input: nothing to "
@@ -274,12 +360,35 @@ def find_cam_head(module: nn.Module, layer: str | None, input_size: Sequence[int
     if layer is None:
         layer = pooled[-1]
     elif layer not in pooled:
-        from convlens.hooks import resolve_layer
-
         resolve_layer(module, layer)
         raise ConvlensError(f"CAM needs the layer that global average pooling reads ({', '.join(pooled)}), "
                             f"not {layer!r}; omit --layer, or use gradcam for other layers")
     return layer, head, module.get_submodule(head)
+
+
+SHAPE_ONLY = (nn.Flatten, nn.Dropout, nn.Identity, nn.Unflatten)  # change no value between pooling and head
+
+
+def _refuse_norm_after_pooling(records: dict, head: str) -> None:
+    """When a layer's global average (a 1 x 1 map) runs before the head but is not its input, name the modules
+    in between (ConvNeXt's LayerNorm, an MLP head): the class score is then not a weighted sum of the pooled
+    channels, at any input size."""
+    maps, calls = records["maps"], records["calls"]
+    spatial = [m for m in maps.values() if m.shape[2] * m.shape[3] > 1]
+    pooled_outputs = [name for name, m in maps.items() if m.shape[2] * m.shape[3] == 1
+                      and any(_is_pooled_into(s, m.flatten(1), min_positions=2) for s in spatial if
+                              s.shape[:2] == m.shape[:2])]
+    if not pooled_outputs or head not in calls:
+        return
+    pooling = max(pooled_outputs, key=calls.index)
+    modules = records["modules"]
+    between = [name for name in calls[calls.index(pooling) + 1:calls.index(head)]
+               if not any(True for _ in modules[name].children()) and not isinstance(modules[name], SHAPE_ONLY)]
+    if between:
+        named = ", ".join(f"{name} ({type(records['modules'][name]).__name__})" for name in between)
+        raise ConvlensError(f"CAM needs the classifier {head!r} right after global average pooling ({pooling}), "
+                            f"but {named} sits between them, so the class score is not a weighted sum of the "
+                            "pooled channels at any input size; use gradcam, which works on any model")
 
 
 def _is_pooled_into(feature_map: torch.Tensor, features: torch.Tensor, min_positions: int = 2) -> bool:
@@ -291,16 +400,21 @@ def _is_pooled_into(feature_map: torch.Tensor, features: torch.Tensor, min_posit
 
 
 def _probe(module: nn.Module, input_size: Sequence[int]) -> dict:
-    """Outputs of every 4-D-producing module and inputs/outputs of every nn.Linear, for one random image."""
+    """Outputs of every 4-D-producing module, inputs/outputs of every nn.Linear, and the order in which the
+    modules finished (their last calls), for one random image."""
     linears: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     maps: dict[str, torch.Tensor] = {}
     order: list[str] = []
+    calls: list[str] = []
 
     def record(name: str, is_linear: bool):
         def hook(mod, args, output):
             if is_linear and args and isinstance(args[0], torch.Tensor) and args[0].ndim == 2:
                 linears[name] = (args[0].detach().clone(), output.detach().clone())
-            tensor = output[0] if isinstance(output, (tuple, list)) else output
+            if name in calls:
+                calls.remove(name)
+            calls.append(name)
+            tensor = output[0] if isinstance(output, (tuple, list)) and output else output
             if isinstance(tensor, torch.Tensor) and tensor.ndim == 4:
                 maps[name] = tensor.detach().clone()
                 if name in order:
@@ -310,7 +424,7 @@ def _probe(module: nn.Module, input_size: Sequence[int]) -> dict:
         return hook
 
     named = [(name, m) for name, m in module.named_modules() if name]
-    device = next(iter(module.parameters()), torch.empty(0)).device
+    device = module_device(module)
     generator = torch.Generator().manual_seed(0)
     image = torch.randn(1, 3, *input_size, generator=generator).to(device)
     hooks = {name: record(name, isinstance(m, nn.Linear)) for name, m in named}
@@ -321,11 +435,8 @@ def _probe(module: nn.Module, input_size: Sequence[int]) -> dict:
             size = "x".join(map(str, input_size))
             raise ConvlensError(f"probe forward pass at {size} failed ({str(exc).splitlines()[0]}); "
                                 "pass input_size=(H, W) for this model") from None
-    return {"output": output, "linears": linears, "maps": maps, "order": order}
-
-
-METHODS: dict[str, type[BaseCAM]] = {method.name: method for method in (
-    CAM, GradCAM, GradCAMPlusPlus, XGradCAM, LayerCAM, ScoreCAM, EigenCAM, AblationCAM)}
+    return {"output": output, "linears": linears, "maps": maps, "order": order, "calls": calls,
+            "modules": dict(named)}
 
 
 def cam_method(name: str) -> type[BaseCAM]:

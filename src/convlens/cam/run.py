@@ -1,30 +1,28 @@
-"""``convlens cam``: CAMs of images or of a labelled folder, written to an output folder.
+"""``convlens.cam(model, images, method=...)``: the CAM family's one function, on files, folders or tensors.
 
-``arrays.npz``: ``input``; ``cam`` (``N x H x W``, 0..1) and ``cam_raw`` (``N x h x w``, the method's map at the
-layer's resolution after its ReLU, before any scaling; ``cam_raw.LAYER`` per layer when several layers are
-fused) -- with several methods every name gets a ``.METHOD`` suffix (``cam.gradcam``, ``cam_raw.scorecam``);
-``predicted``, ``probability`` (of the predicted class), ``target`` (class index, -1 for none) and, for
-labelled folders, ``label`` (true class, -1 where unknown).
+Folders are expanded here (an image's first subfolder is its true class when the model has a class of that
+name; ``limit`` takes an even sample across the subfolders); everything else goes through ``as_batch``. The
+result draws, summarises and saves itself (``convlens.cam.result``); the CLI only parses and calls this.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
+from torch import nn
 
 from convlens.cam.base import CAMResult
-from convlens.cam.figures import Tile, grid_figure, image_figure, tile_title
 from convlens.cam.methods import cam_method
+from convlens.cam.result import CAMComparison
 from convlens.data.images import list_images
 from convlens.errors import ConvlensError
-from convlens.models.classifier import ImageClassifier
-from convlens.output import output_dir
-
-GRID_MAX = 64  # tiles in the grid figure; the arrays hold every image
+from convlens.models.classifier import ImageClassifier, ImagesLike, as_batch
+from convlens.progress import ProgressLike
+from convlens.targets import TargetSpec
 
 
 @dataclass(frozen=True)
@@ -93,119 +91,54 @@ def _even_sample(root: Path, files: list[Path], limit: int) -> list[Path]:
 
 def prepare_batches(model: ImageClassifier, paths: Sequence[Path], batch_size: int) -> torch.Tensor:
     """Decode and preprocess ``batch_size`` images at a time (bounded decoding memory)."""
-    return torch.cat([model.prepare(list(paths[start:start + batch_size]))
+    return torch.cat([as_batch(model, list(paths[start:start + batch_size]))
                       for start in range(0, len(paths), batch_size)])
 
 
-def run_cam(model: ImageClassifier, images: Sequence[str | Path], out: str | Path,
-            methods: Sequence[str] = ("gradcam",), layers: Sequence[str] | None = None,
-            target: str | int | None = None, batch_size: int = 16, limit: int = 24,
-            progress: bool = False) -> Path:
-    """Explain ``images`` (files or folders) with each method; write figures, arrays and summary to ``out``."""
-    classes = [cam_method(name) for name in methods] or [cam_method("gradcam")]
+def _is_paths(images) -> bool:
+    if isinstance(images, (str, Path)):
+        return True
+    return isinstance(images, (list, tuple)) and bool(images) and all(isinstance(i, (str, Path)) for i in images)
+
+
+def cam(model: ImageClassifier | nn.Module, images: ImagesLike, *, method: str | Sequence[str] = "gradcam",
+        layer: str | Sequence[str] | None = None, target: TargetSpec | Sequence[TargetSpec] = "predicted",
+        batch_size: int = 16, limit: int = 0, progress: ProgressLike = False) -> CAMResult | CAMComparison:
+    """Class activation maps of ``images`` for ``target`` (docs/cam.md).
+
+    ``method``: a name from ``convlens.cam.METHODS`` (``gradcam``, ``scorecam``, ...) gives a ``CAMResult``; a
+    list of names gives a ``CAMComparison`` (the same images, targets and layers; figures side by side).
+    ``layer``: a module path, a list (the maps are fused), or None for the last conv layer with spatial extent
+    (CAM finds the layer global average pooling reads). ``images``: paths (files or folders: a folder's class
+    subfolders named like the model's classes give true labels; ``limit`` caps each folder, 0 for all), PIL
+    images, or a preprocessed tensor. ``target``: a class index or name, ``"predicted"``, or a callable on the
+    model output, for all images or one per image. ``batch_size``: images per pass (Score-CAM, Ablation-CAM:
+    masked or ablated copies per pass).
+    """
+    names = [method] if isinstance(method, str) else list(method)
+    classes = [cam_method(name) for name in names]
+    if not classes:
+        raise ConvlensError("no CAM method given; choose from convlens.cam.METHODS")
     if len({c.name for c in classes}) != len(classes):
-        raise ConvlensError(f"a method is listed twice in {list(methods)}")
-    found = collect_images(images, model.class_names, limit)
-    extractors = [c(model, list(layers) if layers else None, batch_size=batch_size, progress=progress)
-                  for c in classes]
-    inputs = prepare_batches(model, found.paths, batch_size)
-    spec = "predicted" if target is None else target
-    with output_dir(out, "cam") as folder:
-        with folder.timed():
-            results = [extractor(inputs, spec) for extractor in extractors]
-        folder.add_arrays(input=inputs, **result_arrays(results, found.labels))
-        _draw(folder, model, inputs, results, found)
-        folder.update(**_summary(model, results, found, spec, batch_size, limit))
-    return Path(out)
-
-
-def result_arrays(results: Sequence[CAMResult], labels: Sequence[int | None]) -> dict[str, np.ndarray]:
-    arrays: dict[str, np.ndarray] = {}
-    for result in results:
-        suffix = f".{result.method}" if len(results) > 1 else ""
-        for name, value in result.arrays().items():
-            if name.startswith("cam"):
-                arrays[name + suffix] = value
-    first = results[0].arrays()
-    arrays["predicted"] = first["predicted"]
-    arrays["target"] = first["target"]
-    if results[0].logits is not None:
-        probabilities = results[0].logits.softmax(1)
-        arrays["probability"] = probabilities.gather(1, probabilities.argmax(1, keepdim=True))[:, 0].numpy()
-    if any(label is not None for label in labels):
-        arrays["label"] = np.array([-1 if label is None else label for label in labels], dtype=np.int64)
-    return arrays
-
-
-def _tiles(model: ImageClassifier, inputs: torch.Tensor, results: Sequence[CAMResult],
-           labels: Sequence[int | None], indices: Sequence[int], always_target: bool = False) -> list[Tile]:
-    first = results[0]
-    probabilities = first.logits.softmax(1) if first.logits is not None else None
-    tiles = []
-    for index in indices:
-        predicted, target, label = first.predicted[index], first.targets[index], labels[index]
-        title = tile_title(
-            model.class_name(predicted) if predicted is not None else None,
-            float(probabilities[index, predicted]) if probabilities is not None else None,
-            model.class_name(target) if target is not None else None,
-            model.class_name(label) if label is not None else None, always_target)
-        correct = None if label is None or predicted is None else label == predicted
-        tiles.append(Tile(model.preprocessing.to_display(inputs[index]),
-                          [result.maps[index].numpy() for result in results], title, correct))
-    return tiles
-
-
-def _method_titles(results: Sequence[CAMResult]) -> list[str]:
-    from convlens.cam.methods import METHODS
-
-    same_layers = len({result.layers for result in results}) == 1
-    return [METHODS[r.method].title + ("" if same_layers else f"\n{'+'.join(r.layers)}") for r in results]
-
-
-def _draw(folder, model: ImageClassifier, inputs: torch.Tensor, results: Sequence[CAMResult],
-          found: ImageSet) -> None:
-    titles = _method_titles(results)
-    layers = {"+".join(r.layers) for r in results}
-    context = f"{model.spec}, layer {', '.join(sorted(layers))}"
-    in_grid = [i for i, flag in enumerate(found.from_folder) if flag]
-    if in_grid:
-        shown = in_grid[:GRID_MAX]
-        methods = " vs ".join(t.split("\n")[0] for t in titles)
-        heading = f"{methods}: {context}"
-        if len(shown) < len(in_grid):
-            heading += f" (first {len(shown)} of {len(in_grid)} images)"
-        folder.save_figure(grid_figure(_tiles(model, inputs, results, found.labels, shown), titles, heading), "grid")
-    names: set[str] = set()
-    for index in (i for i, flag in enumerate(found.from_folder) if not flag):
-        stem = found.paths[index].stem
-        name = f"cam-{stem}" if stem not in names else f"cam-{index}-{stem}"
-        names.add(stem)
-        tile = _tiles(model, inputs, results, found.labels, [index], always_target=True)[0]
-        folder.save_figure(image_figure(tile, titles, f"{found.paths[index].name}: {context}"), name)
-
-
-def _summary(model: ImageClassifier, results: Sequence[CAMResult], found: ImageSet, spec, batch_size: int,
-             limit: int) -> dict:
-    first = results[0]
-    probabilities = first.logits.softmax(1) if first.logits is not None else None
-    images = []
-    for index, path in enumerate(found.paths):
-        predicted, target, label = first.predicted[index], first.targets[index], found.labels[index]
-        images.append({
-            "path": str(path),
-            "label": None if label is None else {"index": label, "name": model.class_name(label)},
-            "predicted": None if predicted is None else {
-                "index": predicted, "name": model.class_name(predicted),
-                "probability": float(probabilities[index, predicted]) if probabilities is not None else None},
-            "target": None if target is None else {"index": target, "name": model.class_name(target)},
-        })
-    return {
-        "inputs": [str(path) for path in found.paths],
-        "model": model.describe(),
-        "methods": [{"method": r.method, "layers": list(r.layers)} for r in results],
-        "layer": sorted({layer for r in results for layer in r.layers}),
-        "targets": {"spec": str(spec), "per_image": [image["target"] for image in images]},
-        "images": images,
-        "parameters": {"batch_size": batch_size, "limit": limit, "images_found": found.found,
-                       "images_used": len(found.paths)},
-    }
+        raise ConvlensError(f"a method is listed twice in {names}")
+    if batch_size < 1:
+        raise ConvlensError(f"batch_size must be at least 1, got {batch_size}")
+    extractors = [c(model, layer, batch_size=batch_size, progress=progress) for c in classes]
+    found = None
+    if _is_paths(images):
+        if not isinstance(model, ImageClassifier):
+            raise ConvlensError("paths need an ImageClassifier (convlens.load_model); with a bare nn.Module pass a "
+                                "preprocessed N x 3 x H x W tensor")
+        found = collect_images([images] if isinstance(images, (str, Path)) else images, model.class_names, limit)
+        inputs = prepare_batches(model, found.paths, batch_size)
+    else:
+        inputs = as_batch(model, images)
+    results = [extractor(inputs, target) for extractor in extractors]
+    info = dataclasses.replace(results[0].info, parameters={"batch_size": batch_size, "limit": limit})
+    if found is not None:
+        info = dataclasses.replace(
+            info, paths=tuple(str(p) for p in found.paths), labels=tuple(found.labels),
+            in_grid=tuple(found.from_folder),
+            parameters={**info.parameters, "images_found": found.found, "images_used": len(found.paths)})
+    results = [dataclasses.replace(result, info=info) for result in results]
+    return results[0] if isinstance(method, str) else CAMComparison(tuple(results))

@@ -12,6 +12,7 @@ from convlens.errors import ConvlensError
 COMMAND_MODULES = [
     "convlens.cli.basic",
     "convlens.cli.cam",
+    "convlens.cli.convert",
     "convlens.cli.demo",
     "convlens.cli.report",
     "convlens.cli.serve",

@@ -10,7 +10,17 @@ import typer
 from rich.table import Table
 
 from convlens.cli.app import app
-from convlens.cli.common import DeviceOpt, ImagesArg, ModelArg, WeightsOpt, console, done, open_model
+from convlens.cli.common import (
+    ClassesOpt,
+    DeviceOpt,
+    ImagesArg,
+    ModelArg,
+    PreprocessOpt,
+    WeightsOpt,
+    console,
+    done,
+    open_model,
+)
 from convlens.data.images import expand_image_args
 from convlens.layers import layer_table
 from convlens.output import output_dir
@@ -27,9 +37,11 @@ def predict_command(
     batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
+    classes: ClassesOpt = None,
+    preprocess: PreprocessOpt = None,
 ) -> None:
     """Top-K classes and probabilities for each image, batched."""
-    classifier = open_model(model, weights, device)
+    classifier = open_model(model, weights, device, classes, preprocess)
     paths = expand_image_args(images)
     results = predict(classifier, paths, top=top, batch_size=batch_size)
     rows = [{"image": str(path), "predictions": [p.to_dict() for p in preds]} for path, preds in
@@ -64,9 +76,11 @@ def layers_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     weights: WeightsOpt = None,
     device: DeviceOpt = "cpu",
+    classes: ClassesOpt = None,
+    preprocess: PreprocessOpt = None,
 ) -> None:
     """Every named module: type, output shape at the model's input size, parameter count."""
-    classifier = open_model(model, weights, device)
+    classifier = open_model(model, weights, device, classes, preprocess)
     rows = layer_table(classifier)
     if as_json:
         print(json.dumps({"model": classifier.describe(), "layers": [r.to_dict() for r in rows]}, indent=2))

@@ -1,5 +1,5 @@
-"""``convlens cam``: class activation maps (CAM, Grad-CAM, Grad-CAM++, XGrad-CAM, Layer-CAM, Score-CAM,
-Eigen-CAM, Ablation-CAM) of images or a labelled folder."""
+"""``convlens cam``: class activation maps of images or a labelled folder (the methods of
+``convlens.cam.METHODS``). Parses the options, calls ``convlens.cam`` and saves the result."""
 
 from __future__ import annotations
 
@@ -7,10 +7,9 @@ from typing import Annotated
 
 import typer
 
+from convlens.cam import METHODS  # every registered method, so --help lists them
 from convlens.cli.app import app
 from convlens.cli.common import DeviceOpt, ImagesArg, LayerOpt, ModelArg, OutOpt, WeightsOpt, done, open_model
-
-METHOD_NAMES = "cam, gradcam, gradcam++, xgradcam, layercam, scorecam, eigencam, ablationcam"
 
 
 @app.command("cam")
@@ -19,7 +18,7 @@ def cam_command(
     images: ImagesArg,
     out: OutOpt,
     method: Annotated[list[str] | None, typer.Option(
-        "--method", help=f"CAM method, repeatable for a side-by-side figure: {METHOD_NAMES}.")] = None,
+        "--method", help=f"CAM method, repeatable for a side-by-side figure: {', '.join(METHODS)}.")] = None,
     layer: LayerOpt = None,
     target: Annotated[str | None, typer.Option(
         "--target", help="Class to explain (name or index); default: each image's predicted class.")] = None,
@@ -33,11 +32,22 @@ def cam_command(
     """Where the model finds evidence for a class: CAMs overlaid on each image (default method gradcam, default
     layer the last conv layer with spatial extent; CAM finds its own). A folder with class subfolders gives a
     grid with true and predicted labels. Several --layer values are fused."""
-    from convlens.cam.methods import cam_method
-    from convlens.cam.run import run_cam
+    import warnings
+
+    from convlens.cam import CAMWarning, cam, cam_method
+    from convlens.cli.common import console
 
     names = method or ["gradcam"]
     for name in names:
         cam_method(name)  # unknown names fail before the model loads
     classifier = open_model(model, weights, device)
-    done(run_cam(classifier, images, out, names, layer, target, batch_size, limit, progress=True))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CAMWarning)
+        result = cam(classifier, images, method=names, layer=layer or None, target=target or "predicted",
+                     batch_size=batch_size, limit=limit, progress=True)
+    for warning in caught:  # one line each (also in summary.json's notes)
+        if issubclass(warning.category, CAMWarning):
+            console.print(f"warning: {warning.message}", markup=False, highlight=False)
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    done(result.save(out))

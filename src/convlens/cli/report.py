@@ -30,13 +30,14 @@ def report_command(
     layer: LayerOpt = None,
     units: Annotated[str, typer.Option("--units", help="Unit pages per layer (the strongest), or 'all'.")] = "16",
     k: Annotated[int, typer.Option("--k", help="Top-k images per unit.")] = 9,
-    method: Annotated[list[str] | None, typer.Option("--method", help="CAM method (repeatable; default all).")] = None,
+    method: Annotated[list[str] | None, typer.Option("--method", help="CAM method (repeatable; default the eight "
+                                                                      "classic ones).")] = None,
     cam_layer: Annotated[str | None, typer.Option("--cam-layer", help="Layer of the CAMs (default: the last "
                                                                       "spatial convolution).")] = None,
     details: Annotated[int, typer.Option("--details", help="Images that get occlusion, invariance and "
                                                            "projections (long to compute).")] = 8,
-    rule: Annotated[str, typer.Option("--rule", help="Deconv rule of the unit pages: deconvnet, guided, "
-                                                     "gradient.")] = "guided",
+    rule: Annotated[str, typer.Option("--rule", help="Deconv rule of the unit pages: auto, deconvnet, guided, "
+                                                     "gradient.")] = "auto",
     feature_viz: Annotated[bool, typer.Option("--feature-viz", help="A feature visualization per unit page "
                                                                     "(long).")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 32,

@@ -6,6 +6,8 @@ Specs:
   ``ResNet50_Weights.IMAGENET1K_V2``; downloaded the usual torchvision way) or a local state_dict file.
 - ``timm:NAME``: ``weights`` is a local state_dict file, or ``pretrained`` for timm's own download.
 - ``baseline``: the leaf-study baseline CNN, randomly initialised (``weights`` may be a state_dict file).
+- ``keras:PATH``: a Keras ``.h5`` / ``.keras`` model, or a ``model.to_json()`` file with ``weights`` its HDF5
+  weights; ``onnx:PATH``: an ONNX model. Both take ``classes`` and ``preprocess`` (``models/imported.py``).
 - a path to a convlens checkpoint (``.safetensors`` + ``.json``) or a training run directory.
 """
 
@@ -27,11 +29,17 @@ DEFAULT_SPEC = efficientnet_lite.SPEC
 
 
 def load_model(spec: str | Path = DEFAULT_SPEC, weights: str | Path | None = None,
-               device: str | None = None) -> ImageClassifier:
-    """Load ``spec`` (see the module doc) in eval mode on ``device`` (default: the GPU when there is one)."""
+               device: str | None = None, classes=None, preprocess=None) -> ImageClassifier:
+    """Load ``spec`` (see the module doc) in eval mode on ``device`` (default: the GPU when there is one).
+
+    ``classes`` (names, a comma list, a text file or an image folder) and ``preprocess`` (``unit``, ``raw``,
+    ``tf``, ``torch``, ``caffe``, optionally ``:INTERPOLATION``) replace what the model carries."""
     spec = str(spec)
     checkpoint = find_checkpoint(spec)
-    if checkpoint is not None:
+    if spec.startswith(("keras:", "onnx:")):
+        model = _load_imported(spec, weights, classes, preprocess)
+        classes = preprocess = None
+    elif checkpoint is not None:
         model = _load_checkpoint(checkpoint, spec)
     elif spec == DEFAULT_SPEC:
         model = _load_default(weights)
@@ -47,9 +55,36 @@ def load_model(spec: str | Path = DEFAULT_SPEC, weights: str | Path | None = Non
                             "torchvision:NAME or timm:NAME with --weights")
     else:
         raise ConvlensError(f"unknown model spec {spec!r}; use {DEFAULT_SPEC}, torchvision:NAME, timm:NAME, "
-                            "baseline, or the path of a convlens checkpoint")
+                            "baseline, keras:PATH, onnx:PATH, or the path of a convlens checkpoint")
+    if classes is not None or preprocess is not None:
+        model = with_overrides(model, classes, preprocess)
     model.module.eval()
     return model.to(resolve_device(device))
+
+
+def _load_imported(spec: str, weights, classes, preprocess) -> ImageClassifier:
+    kind, path = spec.split(":", 1)
+    if kind == "keras":
+        from convlens.models.keras import load_keras
+
+        return load_keras(path, weights, classes, preprocess, spec=spec)
+    from convlens.models.onnx import load_onnx
+
+    if weights is not None:
+        raise ConvlensError("onnx:PATH takes no --weights: an ONNX file holds its weights")
+    return load_onnx(path, classes, preprocess, spec=spec)
+
+
+def with_overrides(model: ImageClassifier, classes, preprocess) -> ImageClassifier:
+    """``--classes`` / ``--preprocess`` on a model that carries its own (a checkpoint, torchvision...)."""
+    from dataclasses import replace
+
+    from convlens.models.imported import resolve_classes, resolve_preprocessing
+
+    names = resolve_classes(classes, {}, len(model.class_names)) if classes is not None else model.class_names
+    preprocessing = (resolve_preprocessing(preprocess, {}, model.input_size) if preprocess is not None
+                     else model.preprocessing)
+    return replace(model, class_names=names, preprocessing=preprocessing)
 
 
 def resolve_device(device: str | None) -> str:
@@ -151,6 +186,10 @@ def build_architecture(architecture: str, num_classes: int, img_size: int | None
                        build_kwargs: dict | None = None) -> nn.Module:
     """An untrained module of ``architecture`` with a ``num_classes`` head (what checkpoints are loaded into)."""
     build_kwargs = dict(build_kwargs or {})
+    if architecture == "keras":  # the module rebuilt from the Keras config in the checkpoint; no Keras needed
+        from convlens.models.keras import build_from_config
+
+        return build_from_config(**build_kwargs)
     if architecture == "baseline":
         return BaselineCNN(num_classes, img_size or 32)
     if architecture == DEFAULT_SPEC:

@@ -25,6 +25,7 @@ class Preprocessing:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     squash: bool = False  # resize straight to ``crop`` ignoring aspect ratio (Keras-style training inputs)
+    channels: str = "RGB"  # "BGR": the model takes blue first (Keras's caffe mode); mean/std in that order
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -60,14 +61,19 @@ class Preprocessing:
         return torch.stack([self.to_tensor(image) for image in images])
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
-        """[0, 1] pixels (``... x 3 x H x W``) to model input."""
+        """[0, 1] RGB pixels (``... x 3 x H x W``) to model input."""
         mean, std = self._stats(pixels)
+        if self.channels == "BGR":
+            pixels = pixels.flip(-3)
         return (pixels - mean) / std
 
     def denormalize(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Model input back to [0, 1] pixels, clipped, for display."""
+        """Model input back to [0, 1] RGB pixels, clipped, for display."""
         mean, std = self._stats(inputs)
-        return (inputs * std + mean).clamp(0.0, 1.0)
+        pixels = inputs * std + mean
+        if self.channels == "BGR":
+            pixels = pixels.flip(-3)
+        return pixels.clamp(0.0, 1.0)
 
     def to_display(self, inputs: torch.Tensor) -> np.ndarray:
         """One ``3 x H x W`` model input as an ``H x W x 3`` float array in [0, 1]."""
@@ -78,3 +84,28 @@ class Preprocessing:
         mean = torch.tensor(self.mean, dtype=like.dtype, device=like.device).view(shape)
         std = torch.tensor(self.std, dtype=like.dtype, device=like.device).view(shape)
         return mean, std
+
+
+# keras.applications' ``preprocess_input`` modes as [0, 1]-pixel statistics, plus ``unit`` (x / 255, Keras's
+# ``rescale=1/255``) and ``raw`` (0..255 as they are, for models that rescale inside, e.g. EfficientNet).
+KERAS_MODES: dict[str, dict] = {
+    "unit": {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)},
+    "raw": {"mean": (0.0, 0.0, 0.0), "std": (1 / 255, 1 / 255, 1 / 255)},
+    "tf": {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)},
+    "torch": {"mean": IMAGENET_MEAN, "std": IMAGENET_STD},
+    "caffe": {"mean": (103.939 / 255, 116.779 / 255, 123.68 / 255), "std": (1 / 255, 1 / 255, 1 / 255),
+              "channels": "BGR"},
+}
+
+
+def keras_preprocessing(mode: str, size: tuple[int, int], interpolation: str = "nearest") -> Preprocessing:
+    """What Keras feeds a model: ``load_img(target_size=size)`` (the whole image resized, by default nearest
+    neighbour, no crop), then ``preprocess_input`` in ``mode`` (``KERAS_MODES``)."""
+    from convlens.errors import ConvlensError
+
+    if mode not in KERAS_MODES:
+        raise ConvlensError(f"unknown preprocessing {mode!r}; use one of {', '.join(KERAS_MODES)}")
+    if interpolation not in {m.value for m in InterpolationMode}:
+        raise ConvlensError(f"unknown interpolation {interpolation!r}; use nearest, bilinear or bicubic")
+    return Preprocessing(crop=(int(size[0]), int(size[1])), resize=None, interpolation=interpolation,
+                         squash=True, **KERAS_MODES[mode])

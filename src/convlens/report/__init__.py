@@ -91,16 +91,19 @@ class Report(Result):
         return Path(out)
 
 
-def report(model: ImageClassifier | str, images, *, layers: list[str] | None = None, units: int | None = 16,
+def report(model: ImageClassifier | str, images, out: str | Path | None = None, *, layers: list[str] | None = None,
+           units: int | None = 16,
            k: int = 9, methods: list[str] | None = None, cam_layer: str | None = None, details: int = 8,
-           rule: str = "guided", feature_viz: bool = False, batch_size: int = 32,
+           rule: str = "auto", feature_viz: bool = False, batch_size: int = 32,
            progress: ProgressLike = False) -> Report:
-    """Compute everything the report shows for ``images`` (files or folders); ``.save(out)`` writes it.
+    """Compute everything the report shows for ``images`` (files or folders); ``.save(out)`` writes it (at once
+    when ``out`` is given).
 
     ``layers``: the layers with pages (default: the end of each stage). ``units``: unit pages per layer, the
     strongest by mean activation (None: every unit). ``k``: top-k images per unit. ``methods``: CAM methods
-    (default all) at ``cam_layer`` (default the last spatial convolution). ``details``: how many images get the
-    long parts (occlusion, invariance, projections). ``rule``: deconv rule of the unit pages' projections.
+    (default the eight classic ones) at ``cam_layer`` (default the last spatial convolution). ``details``: how
+    many images get the long parts (occlusion, invariance, projections). ``rule``: deconv rule of the unit pages'
+    projections (``auto``: guided on strided networks, deconvnet where only pooling downsamples).
     ``feature_viz``: a feature visualization per unit page (long).
     """
     from convlens.errors import ConvlensError
@@ -118,7 +121,10 @@ def report(model: ImageClassifier | str, images, *, layers: list[str] | None = N
                       details, rule, feature_viz, batch_size)
     command = " ".join(shlex.quote(a) for a in ["convlens", *sys.argv[1:]]) if Path(sys.argv[0]).name in (
         "convlens", "__main__.py") else "convlens.report(...)"
-    return Report(collect(model, images, options, progress), command)
+    result = Report(collect(model, images, options, progress), command)
+    if out is not None:
+        result.save(out, progress=progress)
+    return result
 
 
 __all__ = ["Report", "report"]

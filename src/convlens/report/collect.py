@@ -137,9 +137,10 @@ def _examples(result: Collected, progress: ProgressLike) -> None:
 
 
 def _cam(result: Collected, progress: ProgressLike) -> None:
-    methods = result.options.methods or tuple(compute.cam_methods())
+    methods = result.options.methods or compute.report_cam_methods()
     inputs = inputs_of(result)
     for method in methods:
+        layer = None if method == "cam" else result.cam_layer  # CAM reads the layer global pooling reads
         passes = compute.cam_extra_passes(result.model, method, result.cam_layer, len(inputs))
         if result.options.methods is None and passes > result.options.max_cam_passes:
             result.cams[method] = (f"{compute.cam_methods()[method]} runs the model once per channel of "
@@ -148,10 +149,10 @@ def _cam(result: Collected, progress: ProgressLike) -> None:
                                    "anyway, `--cam-layer` picks a layer with fewer channels")
             continue
         try:
-            result.cams[method] = compute.cam(result.model, inputs, method, result.cam_layer,
+            result.cams[method] = compute.cam(result.model, inputs, method, layer,
                                               batch_size=min(16, result.options.batch_size))
         except ConvlensError as exc:
-            result.cams[method] = f"{method} could not be computed: {exc}"
+            result.cams[method] = f"{compute.cam_methods().get(method, method)} could not be computed: {exc}"
         report(progress, f"report: {method}", list(methods).index(method) + 1, len(methods))
 
 

@@ -1,15 +1,13 @@
 """Every call the report and the web app make into the methods, in one place.
 
-The pages consume the result protocol (``arrays()``, ``summary()``, ``figures()``). Where a method already has
-its top-level function (``convlens.cam(...)``, ``convlens.occlusion(...)``...) returning a ``Result``, it is called;
-where it does not yet, the method's own API is called and wrapped in ``Adapted``, which gives the same three
-views. Switching a method to its top-level function is a change to one function here.
+The pages consume the result protocol (``arrays()``, ``summary()``, ``figures()``) of what these functions
+return: each calls a method's top-level function (``convlens.cam``, ``convlens.occlusion``, ``convlens.deconv``...),
+so a change in a method's API is a change to one function here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -20,47 +18,25 @@ from convlens.errors import ConvlensError
 from convlens.models.classifier import ImageClassifier
 from convlens.progress import ProgressLike
 
-
-@dataclass(frozen=True)
-class Adapted:
-    """A method's output seen through the result protocol (until the method returns a ``Result`` itself)."""
-
-    command: str
-    _arrays: dict[str, np.ndarray]
-    _summary: dict[str, Any]
-    _figures: Callable[[], dict] = field(default=dict)
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        return dict(self._arrays)
-
-    def summary(self) -> dict[str, Any]:
-        return dict(self._summary)
-
-    def figures(self) -> dict:
-        return self._figures()
-
-
-def legacy_progress(progress: ProgressLike) -> bool:
-    """What the methods' own APIs take today: a rich bar or nothing (a callback is for the new functions)."""
-    return progress is True
-
-
-def _numpy(arrays: dict) -> dict[str, np.ndarray]:
-    return {name: value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
-            for name, value in arrays.items()}
-
-
 # --- CAM family ----------------------------------------------------------------------------------------------
+# The report's default: the classic methods side by side (``--method`` adds any of ``convlens.cam.METHODS``).
+REPORT_CAM_METHODS = ("cam", "gradcam", "gradcam++", "xgradcam", "layercam", "scorecam", "eigencam", "ablationcam")
+
+
 def cam_methods() -> dict[str, str]:
     """CLI name -> title of every CAM method."""
-    from convlens.cam.methods import METHODS
+    from convlens.cam import METHODS
 
     return {name: method.title for name, method in METHODS.items()}
 
 
+def report_cam_methods() -> tuple[str, ...]:
+    return tuple(name for name in REPORT_CAM_METHODS if name in cam_methods())
+
+
 def cam_extra_passes(model: ImageClassifier, method: str, layer: str, images: int) -> int:
     """Forward passes a method adds per call: one per channel and image for Score-CAM and Ablation-CAM."""
-    from convlens.cam.methods import cam_method
+    from convlens.cam import cam_method
     from convlens.layers import layer_table
 
     if not cam_method(method).extra_passes:
@@ -71,24 +47,12 @@ def cam_extra_passes(model: ImageClassifier, method: str, layer: str, images: in
 
 def cam(model: ImageClassifier, inputs: torch.Tensor, method: str = "gradcam", layer: str | None = None,
         target: Any = "predicted", batch_size: int = 16, progress: ProgressLike = False):
-    """One CAM method on a batch; ``arrays()`` holds ``input``, ``cam`` (N x H x W in 0..1), ``cam_raw``,
-    ``target``, ``predicted``, ``score``."""
-    import time
+    """``convlens.cam`` with one method on a batch: ``arrays()`` holds ``input``, ``cam`` (N x H x W in 0..1),
+    ``cam_raw``, ``target``, ``predicted``, ``score``."""
+    from convlens.cam import cam as method_function
 
-    from convlens.cam.methods import CAM, cam_method
-
-    kind = cam_method(method)
-    start = time.perf_counter()
-    extractor = kind(model, None if kind is CAM and layer is None else layer, batch_size=batch_size,
-                     progress=legacy_progress(progress))
-    result = extractor(inputs, target)
-    seconds = time.perf_counter() - start
-    arrays = {"input": inputs.detach().cpu().numpy(), **result.arrays()}
-    summary = {"command": "cam", "method": result.method, "title": kind.title, "layers": list(result.layers),
-               "targets": [None if t is None else int(t) for t in result.targets],
-               "predicted": [None if p is None else int(p) for p in result.predicted],
-               "compute_seconds": seconds}
-    return Adapted("cam", arrays, summary)
+    return method_function(model, inputs, method=method, layer=layer, target=target, batch_size=batch_size,
+                           progress=progress)
 
 
 # --- occlusion and invariance --------------------------------------------------------------------------------
@@ -185,6 +149,13 @@ def filter_tile(weight: torch.Tensor, groups: int) -> tuple[str, np.ndarray]:
     input channels; with what it is (``"rgb"`` or ``"mean"``)."""
     from convlens.filters import filter_tiles
 
+    if weight.shape[-2:] == (1, 1):  # pointwise: one weight per input channel, laid out as a square, 0 at 0.5
+        values = weight[0, :, 0, 0].double().numpy()
+        side = int(np.ceil(np.sqrt(len(values))))
+        grid = np.full(side * side, np.nan)
+        grid[:len(values)] = values
+        scale = float(np.nanmax(np.abs(grid))) or 1.0
+        return "pointwise", np.nan_to_num(0.5 + 0.5 * grid.reshape(side, side) / scale, nan=0.5)
     if weight.shape[1] == 3 and groups == 1:
         return "rgb", filter_tiles(weight).tiles[0]
     return "mean", filter_tiles(weight, reduce="mean").tiles[0]

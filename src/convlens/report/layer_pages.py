@@ -9,7 +9,7 @@ import numpy as np
 from convlens.report import compute, pngs
 from convlens.report.assets import page
 from convlens.report.collect import Collected
-from convlens.report.pages import Writer, e, note, zoom_figure
+from convlens.report.pages import Writer, e, guarded, note, zoom_figure
 
 
 def write_layer_page(collected: Collected, layer: str, write: Writer) -> None:
@@ -30,9 +30,9 @@ def write_layer_page(collected: Collected, layer: str, write: Writer) -> None:
             f"<dt>filters from</dt><dd>{e(conv or 'no convolution makes these channels')}</dd>"
             f"<dt>unit pages</dt><dd>{len(collected.unit_pages[layer])} of {scan.channels} units (the strongest "
             "by mean activation; <code>--units all</code> makes one for each)</dd></dl>"]
-    body.append(_filters(collected, layer, conv, write))
-    body.append(_ranking(collected, layer))
-    body.append(_feature_maps(collected, layer, write))
+    body.append(guarded("Filters", _filters, collected, layer, conv, write))
+    body.append(guarded("Units ranked by mean activation", _ranking, collected, layer))
+    body.append(guarded("Feature maps of each image", _feature_maps, collected, layer, write))
     write(f"layers/{layer}/index.html").write_text(page(layer, root, "".join(body), [(layer, "index.html")]))
 
 
@@ -107,12 +107,12 @@ def write_unit_page(collected: Collected, layer: str, unit: int, write: Writer) 
     body = [f"<h1>{e(layer)}, unit {unit}</h1>{nav}<p class='lead'>Rank {rank} of {scan.channels} by mean "
             f"activation over the {len(collected.images)} images (mean {scan.means[:, unit].mean():.4g}, strongest "
             f"{scan.maxima[:, unit].max():.4g}).</p>",
-            _unit_filter(collected, layer, unit, folder, write),
-            _unit_top(collected, layer, unit, folder, write),
+            guarded("Filter", _unit_filter, collected, layer, unit, folder, write),
+            guarded("Top activations", _unit_top, collected, layer, unit, folder, write),
             "<h2>Activation histogram</h2><p class='lead'>Every activation of this unit, at every position of "
             "every image (counts on a log scale; values outside the first batch's range are counted in the end "
             "bins).</p>" + pngs.histogram_svg(scan.histogram_counts[unit], scan.histogram_edges),
-            _unit_feature_viz(collected, layer, unit, folder, write)]
+            guarded("Feature visualization", _unit_feature_viz, collected, layer, unit, folder, write)]
     write(f"{folder}.html").write_text(page(f"{layer} unit {unit}", "../../../", "".join(body),
                                             [(layer, "../index.html"), (f"unit {unit}", f"{unit}.html")]))
 
@@ -129,14 +129,17 @@ def _unit_filter(collected: Collected, layer: str, unit: int, folder: str, write
     single = weight[unit:unit + 1]
     tiles = [compute.filter_tile(single, groups)]
     parts = []
+    labels = {"rgb": "RGB kernel", "mean": "mean over input channels",
+              "pointwise": "1x1: one weight per input channel, row by row (blue negative, red positive)"}
     for name, tile in tiles:
         src = f"{unit}/filter-{name}.png"
         if tile.ndim == 3:
             pngs.write_rgb(tile, write(f"{folder}/filter-{name}.png"), min_side=96)
         else:
-            pngs.write_map(tile, write(f"{folder}/filter-{name}.png"), cmap="gray", min_side=96)
+            pngs.write_map(tile, write(f"{folder}/filter-{name}.png"),
+                           cmap="RdBu_r" if name == "pointwise" else "gray", min_side=96)
         parts.append(f"<div class='tile'><img src='{src}' alt='filter {unit}' style='width:96px;height:96px'>"
-                     f"{'RGB kernel' if name == 'rgb' else 'mean over input channels'}</div>")
+                     f"{labels[name]}</div>")
     shape = "x".join(map(str, single.shape[1:]))
     return (head + f"<p class='lead'>Filter {unit} of <code>{e(conv)}</code> ({shape}), scaled to its own "
             f"range.</p><div class='tiles'>{''.join(parts)}</div>")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from convlens.errors import ConvlensError
 from convlens.report import compute, pngs
 from convlens.report.assets import page
 from convlens.report.collect import Collected, ImageEntry
@@ -25,6 +26,15 @@ e = html.escape
 def note(text: str) -> str:
     """A yellow note; `backticks` become code, as a reader of the CLI's messages expects."""
     return f"<p class='note'>{inline_code(text)}</p>"
+
+
+def guarded(title: str, build: Callable[..., str], *args) -> str:
+    """A page section, or its title and a one-line note when drawing it fails: a section never breaks a page."""
+    try:
+        return build(*args)
+    except (ConvlensError, RuntimeError, ValueError, KeyError, IndexError, TypeError) as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"<h2>{e(title)}</h2>" + note(f"{title}: could not be drawn ({message})")
 
 
 def inline_code(text: str) -> str:
@@ -118,6 +128,12 @@ def write_index(collected: Collected, write: Writer, command: str) -> None:
 
 
 # --- image pages ---------------------------------------------------------------------------------------------
+OCCLUSION_TEXT = ("A grey square slides over the image (Zeiler & Fergus Fig. 7): how the strongest feature map of "
+                  "the last convolution and the probability of the predicted class change with the square's "
+                  "position, and the drop spread back onto the pixels.")
+INVARIANCE_TEXT = ("The image translated, scaled and rotated (Zeiler & Fergus Fig. 5): how far the features of an "
+                   "early and a late layer move, and how the class probability holds up.")
+
 def write_image_page(collected: Collected, entry: ImageEntry, write: Writer) -> None:
     folder = f"images/{entry.slug}"
     image = display(collected, entry.index)
@@ -125,16 +141,13 @@ def write_image_page(collected: Collected, entry: ImageEntry, write: Writer) -> 
         "<div class='cards'><div class='card'>"
         f"<a class='zoom' href='{entry.slug}/input.png'><img src='{entry.slug}/input.png' alt='input'></a>"
         f"{predictions_list(entry)}</div></div>",
-        _cam_section(collected, entry, image, folder, write),
-        _projection_section(collected, entry, folder, write),
-        _figure_section("Occlusion", "A grey square slides over the image (Zeiler & Fergus Fig. 7): how the "
-                        "strongest feature map of the last convolution and the probability of the predicted class "
-                        "change with the square's position, and the drop spread back onto the pixels.",
-                        collected.occlusions.get(entry.index), folder, entry.slug, write),
-        _figure_section("Invariance", "The image translated, scaled and rotated (Zeiler & Fergus Fig. 5): how far "
-                        "the features of an early and a late layer move, and how the class probability holds up.",
-                        collected.invariances.get(entry.index), folder, entry.slug, write),
-        _faithfulness_section(collected, entry),
+        guarded("Class activation maps", _cam_section, collected, entry, image, folder, write),
+        guarded("Projections of the strongest units", _projection_section, collected, entry, folder, write),
+        guarded("Occlusion", _figure_section, "Occlusion", OCCLUSION_TEXT, collected.occlusions.get(entry.index),
+                folder, entry.slug, write),
+        guarded("Invariance", _figure_section, "Invariance", INVARIANCE_TEXT,
+                collected.invariances.get(entry.index), folder, entry.slug, write),
+        guarded("Faithfulness", _faithfulness_section, collected, entry),
     ]
     position = collected.images.index(entry)
     neighbours = _neighbour_nav(
@@ -164,10 +177,10 @@ def _cam_section(collected: Collected, entry: ImageEntry, image: np.ndarray, fol
         src = f"{entry.slug}/cam-{method}.png"
         pngs.write_overlay(image, arrays["cam"][entry.index], write(f"images/{src}"))
         target = target if target is not None else int(arrays["target"][entry.index])
-        layers = ", ".join(summary.get("layers", []))
+        layers = ", ".join(layer for m in summary.get("methods", []) for layer in m["layers"])
+        title = compute.cam_methods().get(method, method)
         cards.append(f"<div class='card'><a class='zoom' href='{src}'><img src='{src}' alt='{e(method)}' "
-                     f"loading='lazy'></a><div class='caption'><b>{e(summary.get('title', method))}</b><br>"
-                     f"layer {e(layers)}</div></div>")
+                     f"loading='lazy'></a><div class='caption'><b>{e(title)}</b><br>layer {e(layers)}</div></div>")
     name = collected.model.class_name(target) if target is not None and target >= 0 else "the predicted class"
     return (f"<h2>Class activation maps</h2><p class='lead'>Where each method finds the evidence for "
             f"<b>{e(name)}</b> (the predicted class). Gradient methods need one forward and one backward pass, "

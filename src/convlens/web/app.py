@@ -152,7 +152,7 @@ def create_app(model: ImageClassifier, images: list[Path] | None = None, *, work
             raise HTTPException(400, f"no array {missing[0]!r}; this result has {', '.join(result.arrays)}")
         # JSONResponse straight away: FastAPI's encoder would walk every number of the arrays one by one
         return JSONResponse({"key": key, "cached": cached, "figure": f"/api/figures/{key}.png",
-                             "caption": result.caption, "summary": to_json(result.summary),
+                             "caption": result.caption, "kind": result.kind, "summary": to_json(result.summary),
                              "arrays": {name: array_json(result.arrays[name]) for name in wanted}})
 
     @app.get("/api/images/{image_id}/predictions", summary="An image's top-3 classes and probabilities")

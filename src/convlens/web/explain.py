@@ -28,6 +28,7 @@ class Explained:
     summary: dict[str, Any]
     png: bytes
     caption: str
+    kind: str  # cam, projection, occlusion or feature_maps: what the page draws around the figure
 
 
 def explain(model: ImageClassifier, image_path, method: str, layer: str | None, unit: int | None, target,
@@ -53,7 +54,8 @@ def explain(model: ImageClassifier, image_path, method: str, layer: str | None, 
             raise ConvlensError("feature maps are a layer's: choose a layer")
         result = compute.feature_maps(model, inputs, layer)
         png = _figure_png(_one_figure(result, f"featuremaps-{layer}"))
-    return Explained(result.arrays(), result.summary(), png, caption(model, method, result.summary()))
+    kind = ("cam" if method in compute.cam_methods() else "projection" if method in RULES else method)
+    return Explained(result.arrays(), result.summary(), png, caption(model, method, kind, result.summary()), kind)
 
 
 def predictions(model: ImageClassifier, image_path, top: int = 3) -> list[dict]:
@@ -62,23 +64,23 @@ def predictions(model: ImageClassifier, image_path, top: int = 3) -> list[dict]:
     return [p.to_dict() for p in predict(model, [image_path], top=top)[0]]
 
 
-def caption(model: ImageClassifier, method: str, summary: dict) -> str:
+def caption(model: ImageClassifier, method: str, kind: str, summary: dict) -> str:
     """One line saying what the figure shows."""
-    if summary.get("command") == "cam":
-        target = (summary.get("targets") or [None])[0]
-        predicted = (summary.get("predicted") or [None])[0]
-        name = model.class_name(target) if target is not None else "the target"
-        which = " (the predicted class)" if target is not None and target == predicted else ""
-        return (f"{summary.get('title', method)} at {', '.join(summary.get('layers', []))}: evidence for {name}"
-                f"{which}, scaled 0 to 1")
-    if summary.get("command") == "deconv":
+    if kind == "cam":
+        image = summary["images"][0]
+        target, predicted = image.get("target") or {}, image.get("predicted") or {}
+        which = " (the predicted class)" if target and target.get("index") == predicted.get("index") else ""
+        layers = ", ".join(layer for m in summary.get("methods", []) for layer in m["layers"])
+        return (f"{methods()[method]} at {layers}: evidence for {target.get('name', 'the target')}{which}, "
+                "scaled 0 to 1")
+    if kind == "projection":
         peak = summary["peaks"][0]
         return (f"{summary['rule']} projection of unit {peak['unit']} of {summary['layer']} at its strongest "
                 f"position {tuple(peak['position'])} (activation {peak['value']:.3g}); grey is zero")
-    if summary.get("command") == "occlusion":
+    if kind == "occlusion":
         target = summary.get("targets", [{}])[0]
         return f"occlusion: probability of {target.get('name')} as a grey square slides over the image"
-    return f"feature maps of {summary.get('layer')}: its strongest channels, each on its own scale"
+    return f"feature maps of {', '.join(summary.get('layers', []))}: the strongest channels, each on its own scale"
 
 
 def _one_figure(result, name: str):

@@ -98,9 +98,9 @@ async function run() {
     $('result-figure').src = body.figure;
     $('result-figure').dataset.key = body.key;
     $('caption').textContent = body.caption;
-    $('legend').hidden = body.summary.command !== 'cam';
+    $('legend').hidden = body.kind !== 'cam';
     // maps of the input are enlarged to a readable size; figures keep their own
-    $('result-figure').style.width = ['cam', 'deconv'].includes(body.summary.command) ? '336px' : 'auto';
+    $('result-figure').style.width = ['cam', 'projection'].includes(body.kind) ? '336px' : 'auto';
     $('summary').textContent = JSON.stringify(body.summary, null, 1);
     $('api-link').textContent = 'POST /api/explain ' + JSON.stringify({...request, arrays: undefined});
     status('done in ' + ((Date.now() - started) / 1000).toFixed(1) + ' s' + (body.cached ? ' (cached)' : ''));
