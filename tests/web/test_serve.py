@@ -99,7 +99,7 @@ def test_uploaded_photo_gives_the_library_grad_cam(server, browser, sample_photo
     np.testing.assert_allclose(served, expected.maps.numpy(), atol=1e-5)
     assert body["arrays"]["cam"]["shape"] == [1, 32, 32]
     np.testing.assert_allclose(body["arrays"]["input"]["data"], model.prepare([photo]).numpy(), atol=1e-6)
-    assert body["summary"]["layers"] == list(expected.layers)
+    assert body["summary"]["methods"][0]["layers"] == list(expected.layers)
     served_top = httpx.get(f"{server}/api/images/{image_id}/predictions", timeout=60).json()
     library_top = convlens.predict(model, [photo], top=3)[0]
     assert [p["index"] for p in served_top] == [p.index for p in library_top]
