@@ -42,9 +42,9 @@ def _filters(collected: Collected, layer: str, conv: str | None, write: Writer) 
         return head + note("This layer has no convolution of its own whose filters make its channels.")
     result = compute.filters(collected.model, conv)
     size = pngs.write_figure(result.figures()[f"filters-{conv}"], write(f"layers/{layer}/filters.png"))
-    return (head + f"<p class='lead'>The kernels of <code>{e(conv)}</code>, which make this layer's channels "
-            "(first filters only; each filter scaled to its own range, dark = most negative, light = most "
-            "positive).</p>" + zoom_figure("filters.png", size, f"filters of {conv}"))
+    return (head + f"<p class='lead'>The kernels of <code>{e(conv)}</code>, which make this layer's channels, as "
+            "<code>convlens filters</code> draws them (the figure's title says which filters and on what scale)."
+            "</p>" + zoom_figure("filters.png", size, f"filters of {conv}"))
 
 
 def _ranking(collected: Collected, layer: str) -> str:
