@@ -119,7 +119,7 @@ def run_demo(out: str | Path = "convlens-demo", model_spec: str = DEFAULT_SPEC, 
           f"The default model (real ImageNet weights, no download) on {len(photos)} photos: every CAM method, "
           "projections, occlusion and invariance per photo, a page for each stage's last layer and for its "
           "strongest units. The CAMs read EfficientNet's last block (320 channels), where Score-CAM and "
-          "Ablation-CAM stay quick.", units=12, cam_layer=DEMO_CAM_LAYER if DEMO_CAM_LAYER in dict(
+          "Ablation-CAM stay quick.", units=8, cam_layer=DEMO_CAM_LAYER if DEMO_CAM_LAYER in dict(
               model.module.named_modules()) else None)
     data = shared_data()
     run = find_leaf_baseline(out)
