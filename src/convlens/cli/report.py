@@ -8,7 +8,17 @@ from typing import Annotated
 import typer
 
 from convlens.cli.app import app
-from convlens.cli.common import DeviceOpt, ImagesArg, LayerOpt, ModelArg, WeightsOpt, console, open_model
+from convlens.cli.common import (
+    ClassesOpt,
+    DeviceOpt,
+    ImagesArg,
+    LayerOpt,
+    ModelArg,
+    PreprocessOpt,
+    WeightsOpt,
+    console,
+    open_model,
+)
 
 
 def parse_units(text: str) -> int | None:
@@ -42,13 +52,15 @@ def report_command(
                                                                     "(long).")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
     weights: WeightsOpt = None,
+    classes: ClassesOpt = None,
+    preprocess: PreprocessOpt = None,
     device: DeviceOpt = "auto",
 ) -> None:
     """A folder of HTML pages: the model card, a page per image, per layer and per unit; open OUT/index.html."""
     from convlens.data.images import expand_image_args
     from convlens.report import report
 
-    classifier = open_model(model, weights, device)
+    classifier = open_model(model, weights, device, classes, preprocess)
     result = report(classifier, expand_image_args(images), layers=layer, units=parse_units(units), k=k,
                     methods=method, cam_layer=cam_layer, details=details, rule=rule, feature_viz=feature_viz,
                     batch_size=batch_size, progress=True)

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from convlens.cli.app import app
-from convlens.cli.common import DeviceOpt, ModelArg, WeightsOpt, console, open_model
+from convlens.cli.common import ClassesOpt, DeviceOpt, ModelArg, PreprocessOpt, WeightsOpt, console, open_model
 
 
 @app.command("serve")
@@ -22,6 +22,8 @@ def serve_command(
     queue: Annotated[int, typer.Option("--queue", help="Requests that may wait; beyond them: 503.")] = 8,
     max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", help="Largest upload accepted.")] = 20.0,
     weights: WeightsOpt = None,
+    classes: ClassesOpt = None,
+    preprocess: PreprocessOpt = None,
     device: DeviceOpt = "auto",
 ) -> None:
     """A local web app: upload images, choose layer, unit, method and target; JSON API under /api."""
@@ -31,7 +33,7 @@ def serve_command(
     if host not in (LOCAL_HOST, "localhost", "::1"):
         console.print(f"[bold yellow]warning:[/bold yellow] listening on {host}: anyone who can reach this address "
                       "can upload images and run the model on this machine")
-    classifier = open_model(model, weights, device)
+    classifier = open_model(model, weights, device, classes, preprocess)
     paths = expand_image_args(images) if images else []
     console.print(f"convlens serve: {classifier.spec} on http://{host}:{port}/ (API docs at /docs); Ctrl-C stops")
     serve(classifier, paths, host=host, port=port, workers=workers, queue=queue, max_upload_mb=max_upload_mb)
