@@ -9,7 +9,7 @@
   this convlens reads Keras files, else the baseline CNN at 32 px, random weights) against the separate library
   calls that make the same content: ``predict``; ``feature_maps`` per image (each image's feature maps at the
   report's layers); ``filters`` of the layers' convolutions; per layer ``top_activations`` + ``top_examples``
-  for the same 16 units; ``run_cam`` with every CAM method; ``occlusion``, ``deconv`` and ``invariance`` for the
+  for the same 16 units; ``cam`` with the same CAM methods; ``occlusion``, ``deconv`` and ``invariance`` for the
   8 detailed images. Target <= 0.7x: the report's one shared pass feeds the predictions, the
   feature maps, the top-k tables and the histograms.
 """
@@ -95,8 +95,6 @@ def _leaf_model():
 
 def _report_case(quick: bool, folder: Path) -> BenchCase | None:
     import convlens
-    from convlens.cam.methods import METHODS
-    from convlens.cam.run import run_cam
     from convlens.data import list_images
     from convlens.predict import predict
     from convlens.report import compute
@@ -108,7 +106,8 @@ def _report_case(quick: bool, folder: Path) -> BenchCase | None:
     model, name = _leaf_model()
     layers = compute.default_layers(model)
     details, units = 8, 16
-    methods = [m for m in METHODS if m != "cam"]  # CAM needs a global-average-pooling head the baseline lacks
+    # the report's default methods but CAM, which needs a global-average-pooling head the leaf models lack
+    methods = [m for m in compute.report_cam_methods() if m != "cam"]
     counter = iter(range(10**6))
 
     def report():
@@ -124,7 +123,7 @@ def _report_case(quick: bool, folder: Path) -> BenchCase | None:
         convlens.filters(model, [c for c in _convs(model, layers) if c]).save(out / "filters")
         for layer in layers:
             convlens.top_activations(model, paths, layer, units=f"0:{units}", k=9).save(out / f"topk-{layer}")
-        run_cam(model, paths, out / "cam", methods=methods, limit=0)
+        convlens.cam(model, paths, method=methods).save(out / "cam")
         middle = layers[len(layers) // 2]
         for index, path in enumerate(paths[:details]):
             convlens.occlusion(model, path, stride=max(1, round(min(model.input_size) / 14))).save(
