@@ -7,8 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from testkit import SHARED_DATA, make_image  # noqa: F401  (re-exported for older imports)
 
 
 @pytest.fixture(scope="session")
@@ -40,15 +39,6 @@ def seeded():
     torch.manual_seed(0)
     np.random.seed(0)
     return 0
-
-
-def make_image(path: Path, size=(48, 40), seed: int = 0, mode: str = "RGB") -> Path:
-    """A random-noise image file of ``size`` (width, height)."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).convert(mode).save(path)
-    return path
 
 
 # --- A real browser (the report and web app tests) ------------------------------------------------------------

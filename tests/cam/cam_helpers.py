@@ -106,7 +106,7 @@ def write_checkpoint(folder: Path, classes: list[str]) -> Path:
 
 
 def labelled_folder(root: Path, classes: list[str], per_class: int) -> Path:
-    from conftest import make_image
+    from testkit import make_image
 
     for index, name in enumerate(classes):
         (root / name).mkdir(parents=True)

@@ -149,7 +149,7 @@ def test_cli_folder_grid_with_true_and_predicted_labels(tmp_path):
 
 
 def test_cli_several_methods_on_image_files(tmp_path, sample_photos):
-    from conftest import make_image
+    from testkit import make_image
 
     run_dir = write_checkpoint(tmp_path / "run", ["a", "b", "c"])
     image = make_image(tmp_path / "noise.png")
@@ -176,7 +176,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     from convlens.cli import main
 
     image = tmp_path / "x.png"
-    from conftest import make_image
+    from testkit import make_image
 
     make_image(image)
     for args, message in [(["--method", "nope"], "unknown CAM method 'nope'"),

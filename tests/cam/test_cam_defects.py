@@ -161,7 +161,7 @@ def test_ablationcam_ablates_to_zero_on_layers_with_negative_values():
 
 
 def test_cli_prints_the_zero_score_warning_on_one_line(tmp_path):
-    from conftest import make_image
+    from testkit import make_image
     from typer.testing import CliRunner
 
     from convlens.cli import app

@@ -70,7 +70,7 @@ def test_a_new_subclass_registered_once_works_everywhere(tmp_path):
         by_hand = torch.relu((gradients.clamp_min(0).mean((2, 3), keepdim=True) * activations).sum(1))
         torch.testing.assert_close(result.cam_raw, by_hand, atol=1e-5, rtol=1e-4)
         out = tmp_path / "out"
-        from conftest import make_image
+        from testkit import make_image
 
         image = make_image(tmp_path / "x.png", size=(64, 64))
         run_cli("cam", str(run_dir), str(image), "--method", "positivegradcam", "--layer", "layer3", "--out",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED_DATA
+from testkit import SHARED_DATA
 from torch import nn
 
 import convlens

@@ -276,7 +276,7 @@ def test_default_model_projection_stays_inside_receptive_field(default_model, sa
 
 
 def test_cli_deconv_writes_projections(tmp_path, baseline):
-    from conftest import make_image
+    from testkit import make_image
 
     from convlens.cli import main
     from convlens.models import baseline_preprocessing, save_checkpoint

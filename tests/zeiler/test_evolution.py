@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import make_image
+from testkit import make_image
 
 import convlens
 from convlens.errors import ConvlensError
