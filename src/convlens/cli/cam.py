@@ -9,7 +9,22 @@ import typer
 
 from convlens.cam import METHODS  # every registered method, so --help lists them
 from convlens.cli.app import app
-from convlens.cli.common import DeviceOpt, ImagesArg, LayerOpt, ModelArg, OutOpt, WeightsOpt, done, open_model
+from convlens.cli.common import (
+    DeviceOpt,
+    GpusPerWorkerOpt,
+    ImagesArg,
+    LayerOpt,
+    ModelArg,
+    OutOpt,
+    RayOpt,
+    RayWorkersOpt,
+    ResumeOpt,
+    WeightsOpt,
+    done,
+    open_model,
+    ray_report,
+)
+from convlens.errors import ConvlensError
 
 
 @app.command("cam")
@@ -22,12 +37,17 @@ def cam_command(
     layer: LayerOpt = None,
     target: Annotated[str | None, typer.Option(
         "--target", help="Class to explain (name or index); default: each image's predicted class.")] = None,
-    limit: Annotated[int, typer.Option(
-        "--limit", help="Images taken from each folder, evenly across its class subfolders (0: all).")] = 24,
+    limit: Annotated[int | None, typer.Option(
+        "--limit", help="Images taken from each folder, evenly across its class subfolders (0: all; default 24, "
+                        "with --ray all).")] = None,
     batch_size: Annotated[int, typer.Option(
         "--batch-size", help="Images per pass; Score-CAM / Ablation-CAM: masked copies per pass.")] = 16,
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
+    ray: RayOpt = None,
+    workers: RayWorkersOpt = 1,
+    gpus_per_worker: GpusPerWorkerOpt = 0.0,
+    resume: ResumeOpt = False,
 ) -> None:
     """Where the model finds evidence for a class: CAMs overlaid on each image (default method gradcam, default
     layer the last conv layer with spatial extent; CAM finds its own). A folder with class subfolders gives a
@@ -40,6 +60,20 @@ def cam_command(
     names = method or ["gradcam"]
     for name in names:
         cam_method(name)  # unknown names fail before the model loads
+    if ray is not None:
+        from convlens.distributed import cam_on_ray, import_ray
+
+        import_ray()  # without the extra: one line naming it, before the model loads
+        if len(names) != 1:
+            raise ConvlensError("--ray runs one --method at a time")
+        classifier = open_model(model, weights, "cpu")  # the driver only packages it; workers choose devices
+        result = cam_on_ray(classifier, images, out, method=names[0], layer=layer, target=target,
+                            batch_size=batch_size, limit=limit or 0, ray=ray, workers=workers,
+                            gpus_per_worker=gpus_per_worker, resume=resume, progress=True)
+        ray_report(result.summary())
+        done(out)
+        return
+    limit = 24 if limit is None else limit
     classifier = open_model(model, weights, device)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CAMWarning)

@@ -39,6 +39,19 @@ PreprocessOpt = Annotated[str | None, typer.Option(
                          "torch (ImageNet mean/std), caffe (BGR minus the ImageNet mean); resize nearest by default.")]
 WorkersOpt = Annotated[int, typer.Option("--workers", help="Image-decoding worker processes (0: in process).")]
 
+# Dataset-scale jobs on Ray (convlens.distributed); without --ray everything runs in this process.
+RayOpt = Annotated[str | None, typer.Option(
+    "--ray", metavar="local|auto|ADDRESS", help="Run on Ray: local starts Ray on this machine, auto or an address "
+    "joins a cluster (needs convlens[ray]). Per-image results go to OUT/shards/*.parquet.")]
+RayWorkersOpt = Annotated[int, typer.Option("--workers", help="With --ray: model workers (actors), each loading "
+                                                              "the model once.")]
+WorkersOrRayOpt = Annotated[int, typer.Option("--workers", help="Image-decoding worker processes (0: in process); "
+                                                                "with --ray: model workers (actors, at least 1).")]
+GpusPerWorkerOpt = Annotated[float, typer.Option("--gpus-per-worker", help="With --ray: GPUs per worker "
+                                                                           "(fractions share a GPU).")]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="With --ray: keep the shards an interrupted run of the "
+                                                          "same job finished (OUT.partial) and compute the rest.")]
+
 
 def open_model(spec: str = DEFAULT_SPEC, weights: str | None = None, device: str = "auto",
                classes: str | None = None, preprocess: str | None = None) -> ImageClassifier:
@@ -62,6 +75,16 @@ def track(items: Iterable[T], total: int | None = None, description: str = "work
         for item in items:
             yield item
             bar.advance(task)
+
+
+def ray_report(summary: dict) -> None:
+    """One line on how a job on Ray went: shards skipped by --resume, unreadable images."""
+    ray = summary.get("ray", {})
+    if ray.get("shards_done_before"):
+        console.print(f"resumed: {ray['shards_done_before']} of {ray['shards']} shards were already done, "
+                      f"{ray['images_computed']} images computed now")
+    for item in summary.get("unreadable", []):
+        console.print(f"[yellow]skipped[/yellow] {item['error']}", soft_wrap=True)
 
 
 def done(path: Path) -> None:

@@ -10,7 +10,20 @@ from typing import Annotated
 import typer
 
 from convlens.cli.app import app
-from convlens.cli.common import DeviceOpt, ModelArg, OutOpt, WeightsOpt, WorkersOpt, done, open_model
+from convlens.cli.common import (
+    DeviceOpt,
+    GpusPerWorkerOpt,
+    ModelArg,
+    OutOpt,
+    RayOpt,
+    ResumeOpt,
+    WeightsOpt,
+    WorkersOpt,
+    WorkersOrRayOpt,
+    done,
+    open_model,
+    ray_report,
+)
 
 OneLayerOpt = Annotated[str, typer.Option("--layer", help="Layer name (module path, see `convlens layers`).")]
 RuleOpt = Annotated[str, typer.Option("--rule", help="How ReLUs pass the signal down: auto (guided on networks "
@@ -55,14 +68,28 @@ def topk_command(
     units: UnitsOpt = "0:16",
     rule: RuleOpt = "auto",
     batch_size: BatchOpt = 32,
-    workers: WorkersOpt = 0,
+    workers: WorkersOrRayOpt = 0,
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
+    ray: RayOpt = None,
+    gpus_per_worker: GpusPerWorkerOpt = 0.0,
+    resume: ResumeOpt = False,
 ) -> None:
     """Each unit's top-k activations across a folder: patches under its receptive field beside their deconv
     projections (Zeiler & Fergus Fig. 2)."""
     from convlens.zeiler import top_activations
 
+    if ray is not None:
+        from convlens.distributed import import_ray, topk_on_ray
+
+        import_ray()  # without the extra: one line naming it, before the model loads
+        classifier = open_model(model, weights, "cpu")  # the driver scans nothing; workers choose devices
+        result = topk_on_ray(classifier, data_dir, layer, out, units=units, k=k, rule=rule, batch_size=batch_size,
+                             ray=ray, workers=max(1, workers), gpus_per_worker=gpus_per_worker, resume=resume,
+                             progress=True)
+        ray_report(result.summary())
+        done(out)
+        return
     classifier = open_model(model, weights, device)
     result = top_activations(classifier, data_dir, layer, units=units, k=k, rule=rule, batch_size=batch_size,
                              num_workers=workers, progress=True)
