@@ -95,22 +95,25 @@ def test_demo_refuses_the_current_folder_even_with_force(tmp_path, capsys, monke
     assert (tmp_path / "notes.txt").read_text() == "keep"
 
 
-def test_demo_replaces_its_own_output_and_restores_it_on_failure(tmp_path):
-    from convlens.demo.core import run_demo
+def test_demo_replaces_its_own_output_and_restores_it_on_failure(tmp_path, monkeypatch):
+    import convlens.demo as demo
 
     out = tmp_path / "demo"
-    run_demo(out, "baseline:32", sections=[], log=lambda _: None)
+    monkeypatch.setattr(demo, "build_reports", lambda *args: [])  # the folder rules, not the reports, on trial
+    demo.run_demo(out, "baseline:32", log=lambda _: None)
     assert (out / "index.html").is_file() and json.loads((out / MANIFEST).read_text())["complete"]
     first = tree(out)
 
-    def broken(context):
-        raise RuntimeError("section failed")
+    def broken(*args):
+        raise RuntimeError("a report failed")
 
+    monkeypatch.setattr(demo, "build_reports", broken)
     with pytest.raises(RuntimeError):
-        run_demo(out, "baseline:32", sections=[broken], log=lambda _: None)
+        demo.run_demo(out, "baseline:32", log=lambda _: None)
     assert tree(out) == first  # the earlier demo is back, nothing half-written
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"]
-    run_demo(out, "baseline:32", sections=[], log=lambda _: None)  # its own output: replaced without --force
+    monkeypatch.setattr(demo, "build_reports", lambda *args: [])
+    demo.run_demo(out, "baseline:32", log=lambda _: None)  # its own output: replaced without --force
     assert (out / "index.html").is_file()
 
 

@@ -18,6 +18,8 @@ COMMAND_MODULES = [
     "convlens.cli.cam",
     "convlens.cli.convert",
     "convlens.cli.demo",
+    "convlens.cli.report",
+    "convlens.cli.serve",
     "convlens.cli.featureviz",
     "convlens.cli.sensitivity",
     "convlens.cli.train",

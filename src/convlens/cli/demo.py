@@ -19,10 +19,11 @@ def demo_command(
     model: Annotated[str, typer.Option("--model", help="Model spec.")] = "efficientnet_lite0",
     force: ForceOpt = False,
 ) -> None:
-    """Run every capability on the default model and bundled sample photos; writes OUT/index.html."""
+    """The HTML report of the default model on bundled photos (and of the leaf models where available)."""
     check_out(out, force=force)  # before the imports and the model: a refusal costs nothing
     from convlens.demo import run_demo
 
     console.print(f"convlens demo on {model}, writing {out}/")
     index = run_demo(out, model, log=console.print, force=force)
-    console.print(f"open [bold]{index.resolve()}[/bold]")
+    console.print(f"open [bold]{index.resolve().as_uri()}[/bold]")
+    print(index.resolve().as_uri())
