@@ -195,7 +195,7 @@ def _peer_cases(quick: bool) -> list[BenchCase]:
     with torch.inference_mode():
         photo_targets = default.module(photo_inputs).argmax(1).tolist()
     cases.append(_pg_case(GradCAM, "efficientnet_lite0 224", default.module, photo_inputs, photo_targets, "blocks.6",
-                          "real ImageNet weights, real photo, the default layer"))
+                          "real ImageNet weights, real photo, the last block (the CLI default is conv_head)"))
     leaf_model, leaf_inputs, leaf_targets = _leaf_batch(16)
     cases.append(_pg_case(GradCAM, "baseline 128", leaf_model, leaf_inputs, leaf_targets, "relu3",
                           "random init, leaf validation images"))

@@ -39,3 +39,26 @@ def seeded():
     torch.manual_seed(0)
     np.random.seed(0)
     return 0
+
+
+# --- A real browser (the report and web app tests) ------------------------------------------------------------
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Debian chromium driven by Playwright (``$CONVLENS_CHROMIUM``, default /usr/bin/chromium); the
+    tests that use it skip cleanly when either is missing."""
+    import os
+
+    executable = Path(os.environ.get("CONVLENS_CHROMIUM", "/usr/bin/chromium"))
+    if not executable.is_file():
+        pytest.skip(f"no chromium at {executable} (set CONVLENS_CHROMIUM)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(executable), args=CHROMIUM_ARGS)
+        try:
+            yield launched
+        finally:
+            launched.close()

@@ -114,7 +114,7 @@ def test_torch_files_are_loaded_without_pickled_code(tmp_path):
 
     path = tmp_path / "evil.pth"
     torch.save({"weight": Evil()}, path)
-    with pytest.raises(ConvlensError, match="not a loadable state_dict"):
+    with pytest.raises(ConvlensError, match="not a plain state_dict"):
         load_model("torchvision:resnet18", weights=path)
 
 
@@ -122,7 +122,7 @@ def test_torch_files_are_loaded_without_pickled_code(tmp_path):
     ("torchvision:resnet99", None, "nearest: resnet"),
     ("timm:resnet_nope", None, "unknown timm model"),
     ("nonsense", None, "unknown model spec"),
-    ("torchvision:resnet18", "IMAGENET9K", "neither a file nor one of ResNet18_Weights"),
+    ("torchvision:resnet18", "IMAGENET9K", "no such file, and not one of ResNet18_Weights"),
 ])
 def test_bad_specs_fail_with_one_line(spec, weights, message):
     with pytest.raises(ConvlensError, match=message) as info:

@@ -8,16 +8,35 @@ load on first use, so ``import convlens`` stays light.
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
-from convlens.data import load_image
 from convlens.errors import ConvlensError
-from convlens.hooks import capture, preserved_state, resolve_layer
-from convlens.layers import layer_table
-from convlens.models import DEFAULT_SPEC, ImageClassifier, load_model
-from convlens.predict import Prediction, predict
-from convlens.result import Result
+
+if TYPE_CHECKING:
+    from convlens.data import load_image
+    from convlens.hooks import capture, preserved_state, resolve_layer
+    from convlens.layers import layer_table
+    from convlens.models import DEFAULT_SPEC, ImageClassifier, load_model
+    from convlens.predict import Prediction, predict
+    from convlens.result import Result
 
 __version__ = "0.1.0"
+
+# The core names load on first use too: ``import convlens`` (and the CLI's entry point) must not import torch,
+# so that Ctrl-C in the first seconds is handled by ``convlens.cli.main``.
+CORE = {
+    "load_image": ("convlens.data", "load_image"),
+    "capture": ("convlens.hooks", "capture"),
+    "preserved_state": ("convlens.hooks", "preserved_state"),
+    "resolve_layer": ("convlens.hooks", "resolve_layer"),
+    "layer_table": ("convlens.layers", "layer_table"),
+    "DEFAULT_SPEC": ("convlens.models", "DEFAULT_SPEC"),
+    "ImageClassifier": ("convlens.models", "ImageClassifier"),
+    "load_model": ("convlens.models", "load_model"),
+    "Prediction": ("convlens.predict", "Prediction"),
+    "predict": ("convlens.predict", "predict"),
+    "Result": ("convlens.result", "Result"),
+}
 
 # name -> (module, attribute). Where the module is a package of the same name (``convlens.cam``), the package
 # is itself callable (``convlens._callable``), so the name stays the function after the package is imported.
@@ -39,9 +58,9 @@ CAPABILITIES = {
 
 
 def __getattr__(name: str):
-    if name not in CAPABILITIES:
+    if name not in CAPABILITIES and name not in CORE:
         raise AttributeError(f"module 'convlens' has no attribute {name!r}")
-    module_name, attribute = CAPABILITIES[name]
+    module_name, attribute = CAPABILITIES.get(name) or CORE[name]
     module = importlib.import_module(module_name)
     value = module if attribute is None else getattr(module, attribute)
     globals()[name] = value
@@ -49,7 +68,7 @@ def __getattr__(name: str):
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(CAPABILITIES))
+    return sorted(set(globals()) | set(CAPABILITIES) | set(CORE))
 
 
 __all__ = [

@@ -46,16 +46,18 @@ class Result:
         yield from self.figures().items()
 
     def save(self, out: str | Path, *, force: bool = False) -> Path:
-        """Write the standard output folder to ``out``, replacing an earlier convlens output there.
+        """Write the standard output folder to ``out``, replacing an earlier convlens output there (a folder
+        holding anything else only with ``force``; see ``convlens.output``).
 
-        Built under a temporary name and renamed into place, so a failure leaves nothing half-written.
+        Built under a temporary name and renamed into place, so a failure leaves nothing half-written. When the
+        summary's model has random weights, every figure carries a visible "UNTRAINED (random weights)" note.
         """
         summary = dict(self.summary())
         seconds = float(summary.pop("compute_seconds", 0.0))
         with output_dir(out, self.command or summary.get("command", "result"), force=force) as folder:
             folder.compute_seconds = seconds
+            folder.update(**summary)  # first: a model with random weights gets every figure marked UNTRAINED
             folder.add_arrays(**self.arrays())
             for name, figure in self.iter_figures():
                 folder.save_figure(figure, name)
-            folder.update(**summary)
         return Path(out)

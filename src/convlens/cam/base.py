@@ -292,6 +292,9 @@ def _storing_hook(name: str, store: dict, make_leaf: bool, calls: dict):
         if tensor.ndim != 4:
             raise ConvlensError(f"layer {name!r} gives {tuple(tensor.shape)}, not an N x C x H x W feature map; "
                                 "choose a conv layer or block (`convlens layers MODEL`)")
+        if tuple(tensor.shape[-2:]) == (1, 1):  # one value per channel: the map would be one flat colour
+            raise ConvlensError(f"layer {name!r} gives a 1x1 map at this input size, so a CAM there shows nothing "
+                                "(every pixel the same); choose an earlier layer with a larger map")
         if make_leaf and not tensor.requires_grad:
             # Nothing upstream needs a gradient: the graph starts here, the backward pass stops here.
             tensor = tensor.detach().requires_grad_()

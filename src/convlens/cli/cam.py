@@ -10,21 +10,26 @@ import typer
 from convlens.cam import METHODS  # every registered method, so --help lists them
 from convlens.cli.app import app
 from convlens.cli.common import (
+    ClassesOpt,
     DeviceOpt,
+    ForceOpt,
     GpusPerWorkerOpt,
     ImagesArg,
     LayerOpt,
     ModelArg,
     OutOpt,
+    PreprocessOpt,
     RayOpt,
     RayWorkersOpt,
     ResumeOpt,
     WeightsOpt,
     done,
+    in_range,
     open_model,
     ray_report,
 )
 from convlens.errors import ConvlensError
+from convlens.output import check_out
 
 
 @app.command("cam")
@@ -37,17 +42,20 @@ def cam_command(
     layer: LayerOpt = None,
     target: Annotated[str | None, typer.Option(
         "--target", help="Class to explain (name or index); default: each image's predicted class.")] = None,
-    limit: Annotated[int | None, typer.Option(
-        "--limit", help="Images taken from each folder, evenly across its class subfolders (0: all; default 24, "
-                        "with --ray all).")] = None,
-    batch_size: Annotated[int, typer.Option(
-        "--batch-size", help="Images per pass; Score-CAM / Ablation-CAM: masked copies per pass.")] = 16,
+    limit: Annotated[int | None, in_range(
+        "--limit", "Images taken from each folder, evenly across its class subfolders (0: all; default 24, with "
+                   "--ray all).", 0, 100_000)] = None,
+    batch_size: Annotated[int, in_range(
+        "--batch-size", "Images per pass; Score-CAM / Ablation-CAM: masked copies per pass.", 1, 4096)] = 16,
     weights: WeightsOpt = None,
+    classes: ClassesOpt = None,
+    preprocess: PreprocessOpt = None,
     device: DeviceOpt = "auto",
     ray: RayOpt = None,
     workers: RayWorkersOpt = 1,
     gpus_per_worker: GpusPerWorkerOpt = 0.0,
     resume: ResumeOpt = False,
+    force: ForceOpt = False,
 ) -> None:
     """Where the model finds evidence for a class: CAMs overlaid on each image (default method gradcam, default
     layer the last conv layer with spatial extent; CAM finds its own). A folder with class subfolders gives a
@@ -66,7 +74,8 @@ def cam_command(
         import_ray()  # without the extra: one line naming it, before the model loads
         if len(names) != 1:
             raise ConvlensError("--ray runs one --method at a time")
-        classifier = open_model(model, weights, "cpu")  # the driver only packages it; workers choose devices
+        # the driver only packages it; workers choose devices
+        classifier = open_model(model, weights, "cpu", classes, preprocess)
         result = cam_on_ray(classifier, images, out, method=names[0], layer=layer, target=target,
                             batch_size=batch_size, limit=limit or 0, ray=ray, workers=workers,
                             gpus_per_worker=gpus_per_worker, resume=resume, progress=True)
@@ -74,7 +83,8 @@ def cam_command(
         done(out)
         return
     limit = 24 if limit is None else limit
-    classifier = open_model(model, weights, device)
+    check_out(out, force=force)
+    classifier = open_model(model, weights, device, classes, preprocess)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CAMWarning)
         result = cam(classifier, images, method=names, layer=layer or None, target=target or "predicted",
@@ -84,4 +94,4 @@ def cam_command(
             console.print(f"warning: {warning.message}", markup=False, highlight=False)
         else:
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
-    done(result.save(out))
+    done(result.save(out, force=force))

@@ -8,7 +8,18 @@ from typing import Annotated
 import typer
 
 from convlens.cli.app import app
-from convlens.cli.common import DeviceOpt, ModelArg, OutOpt, WeightsOpt, done, open_model
+from convlens.cli.common import (
+    ClassesOpt,
+    DeviceOpt,
+    ForceOpt,
+    ModelArg,
+    OutOpt,
+    PreprocessOpt,
+    WeightsOpt,
+    done,
+    in_range,
+    open_model,
+)
 from convlens.errors import ConvlensError
 
 
@@ -55,18 +66,23 @@ def featureviz_command(
     reference: Annotated[list[Path] | None, typer.Option(
         "--reference", help="Natural images (files or folders) each unit's visualization is compared with.")]
     = None,
-    seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed, same images).")] = 0,
+    seed: Annotated[int, in_range("--seed", "Random seed (same seed, same images).", 0, 2**32 - 1)] = 0,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=4096, help="Images optimised at once.")]
     = 64,
     weights: WeightsOpt = None,
+    classes: ClassesOpt = None,
+    preprocess: PreprocessOpt = None,
     device: DeviceOpt = "auto",
+    force: ForceOpt = False,
 ) -> None:
     """The image each unit responds to most (Lucid's recipe), beside its best natural images when given."""
     from convlens.featureviz import feature_viz
+    from convlens.output import check_out
 
+    check_out(out, force=force)
     chosen = parse_units(units)
-    classifier = open_model(model, weights, device)
+    classifier = open_model(model, weights, device, classes, preprocess)
     result = feature_viz(classifier, layer, chosen, objective=objective, steps=steps, size=size,
                          diversity=diversity, reference=list(reference) if reference else None, seed=seed,
                          batch_size=batch_size, progress=True)
-    done(result.save(out))
+    done(result.save(out, force=force))

@@ -8,7 +8,21 @@ from typing import Annotated
 import typer
 
 from convlens.cli.app import app
-from convlens.cli.common import DeviceOpt, ImagesArg, ModelArg, OutOpt, WeightsOpt, done, open_model
+from convlens.cli.common import (
+    BatchSizeOpt,
+    ClassesOpt,
+    DeviceOpt,
+    ForceOpt,
+    ImagesArg,
+    ModelArg,
+    OutOpt,
+    PreprocessOpt,
+    WeightsOpt,
+    done,
+    in_range,
+    open_model,
+)
+from convlens.output import check_out
 
 ScoreOpt = Annotated[str, typer.Option("--score", help="What a class target reads: probability (softmax, the "
                                                        "paper's) or logit.")]
@@ -22,11 +36,11 @@ def occlusion_command(
     target: Annotated[str, typer.Option("--target", help="Class index or name, or predicted (the top "
                                                          "prediction).")] = "predicted",
     score: ScoreOpt = "probability",
-    window: Annotated[int | None, typer.Option("--size", "--window", help="Occluder side in input pixels "
-                                                                          "(default: a seventh of the input, 32 at "
-                                                                          "224).")] = None,
-    stride: Annotated[int | None, typer.Option("--stride", help="Occluder step (default: a quarter of "
-                                                                "--size).")] = None,
+    window: Annotated[int | None, in_range("--size", "Occluder side in input pixels (default: a seventh of the "
+                                                     "input, 32 at 224).", 1, 4096, aliases=("--window",))]
+    = None,
+    stride: Annotated[int | None, in_range("--stride", "Occluder step (default: a quarter of --size).", 1, 4096)]
+    = None,
     fill: Annotated[str, typer.Option("--fill", help="mean (dataset mean), zero (black), blur (blurred image), "
                                                      "or a grey level in [0, 1].")] = "mean",
     layer: Annotated[str | None, typer.Option("--layer", help="Layer of the feature map (panel b; default: the "
@@ -34,22 +48,26 @@ def occlusion_command(
     edges: Annotated[str, typer.Option("--edges", help="whole: only windows that fit (a ragged right/bottom edge "
                                                        "stays uncovered); captum: one more row/column of windows "
                                                        "cropped at the border, as captum's Occlusion.")] = "whole",
-    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Windows per forward pass (default: "
-                                                                        "sized to the memory).")] = None,
+    batch_size: Annotated[int | None, in_range("--batch-size", "Windows per forward pass (default: sized to the "
+                                                               "memory).", 1, 4096)] = None,
     rule: Annotated[str, typer.Option("--rule", help="How panel (c) projects the feature map to pixels: "
                                                      "auto (guided on strided networks, deconvnet on pooling ones), "
                                                      "deconvnet (Zeiler & Fergus), guided or gradient.")] = "auto",
     weights: WeightsOpt = None,
+    classes: ClassesOpt = None,
+    preprocess: PreprocessOpt = None,
     device: DeviceOpt = "auto",
+    force: ForceOpt = False,
 ) -> None:
     """Slide an occluder over the image: target probability, top class and a feature map's activation per
     position (Zeiler & Fergus Fig. 7), plus a per-pixel attribution map."""
     from convlens.occlusion import occlusion
 
-    classifier = open_model(model, weights, device)
+    check_out(out, force=force)
+    classifier = open_model(model, weights, device, classes, preprocess)
     result = occlusion(classifier, image, target=target, score=score, window=window, stride=stride, fill=fill,
                        layer=layer, edges=edges, rule=rule, batch_size=batch_size, progress=True)
-    done(result.save(out))
+    done(result.save(out, force=force))
 
 
 @app.command("invariance")
@@ -66,20 +84,24 @@ def invariance_command(
                                                                       "images or one per image; repeatable "
                                                                       "(default: the top prediction).")] = None,
     score: ScoreOpt = "probability",
-    points: Annotated[int | None, typer.Option("--points", help="Evenly spaced amounts per transformation over the "
-                                                                "paper's ranges (default: its steps).")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Transformed images per forward pass.")] = 32,
+    points: Annotated[int | None, in_range("--points", "Evenly spaced amounts per transformation over the paper's "
+                                                       "ranges (default: its steps).", 2, 1000)] = None,
+    batch_size: BatchSizeOpt = 32,
     weights: WeightsOpt = None,
+    classes: ClassesOpt = None,
+    preprocess: PreprocessOpt = None,
     device: DeviceOpt = "auto",
+    force: ForceOpt = False,
 ) -> None:
     """Feature distances (early and late layer) and the true-class probability under vertical translation,
     scaling and rotation (Zeiler & Fergus Fig. 5)."""
     from convlens.data.images import expand_image_args
     from convlens.invariance import TRANSFORMS, invariance
 
-    classifier = open_model(model, weights, device)
+    check_out(out, force=force)
+    classifier = open_model(model, weights, device, classes, preprocess)
     chosen = [name.strip() for item in (transform or TRANSFORMS) for name in item.split(",") if name.strip()]
     targets = (target[0] if len(target) == 1 else list(target)) if target else "predicted"
     result = invariance(classifier, expand_image_args(images), transforms=chosen, layers=layers, targets=targets,
                         score=score, points=points, batch_size=batch_size, progress=True)
-    done(result.save(out))
+    done(result.save(out, force=force))

@@ -11,13 +11,18 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from convlens.cli.app import app
-from convlens.cli.common import DeviceOpt, WorkersOpt, console, done, track
+from convlens.cli.common import BatchSizeOpt, DeviceOpt, ForceOpt, WorkersOpt, console, done, in_range, track
 from convlens.errors import ConvlensError
 
 data_app = typer.Typer(help="Inspect image folders before training.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
 EXAMPLE_PAIRS = 8
+IMG_SIZES = (8, 1024)
+EPOCHS = (1, 100_000)
+UNFREEZE = (0, 100_000)
+NearDistanceOpt = Annotated[int, in_range("--near-distance", "Near-duplicate threshold in bits (of 64, pHash "
+                                          "and dHash).", 0, 64)]
 
 
 class ConsoleEvents:
@@ -73,40 +78,43 @@ def train_command(
     out: Annotated[Path | None, typer.Option("--out", help="Run folder (a model spec for every command).")] = None,
     weights: Annotated[str | None, typer.Option("--weights", help="Starting weights, as load_model takes them "
                                                 "(a local state_dict file, a torchvision weights name).")] = None,
-    img_size: Annotated[int | None, typer.Option("--img-size", help="Input side in px (baseline default 32; "
-                                                 "pretrained models default to their own).")] = None,
-    epochs: Annotated[int | None, typer.Option("--epochs", help="Epochs in all (default 10; with --resume, "
-                                               "the run's own).")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
-    lr: Annotated[float | None, typer.Option("--lr", help="Learning rate (default 0.01 SGD, 0.001 Adam).")] = None,
+    img_size: Annotated[int | None, in_range("--img-size", "Input side in px (baseline default 32; pretrained "
+                                             "models default to their own).", *IMG_SIZES)] = None,
+    epochs: Annotated[int | None, in_range("--epochs", "Epochs in all (default 10; with --resume, the run's "
+                                           "own).", *EPOCHS)] = None,
+    batch_size: BatchSizeOpt = 32,
+    lr: Annotated[float | None, in_range("--lr", "Learning rate (default 0.01 SGD, 0.001 Adam).", 0, 10,
+                                         low_open=True)] = None,
     optimizer: Annotated[str, typer.Option("--optimizer", help="sgd or adam.")] = "sgd",
-    momentum: Annotated[float, typer.Option("--momentum", help="SGD momentum (0 is Keras's plain SGD).")] = 0.9,
-    weight_decay: Annotated[float, typer.Option("--weight-decay")] = 0.0,
-    seed: Annotated[int, typer.Option("--seed", help="Seeds the split, the new weights, shuffling, augmentation."
-                                      )] = 0,
+    momentum: Annotated[float, in_range("--momentum", "SGD momentum (0 is Keras's plain SGD).", 0, 1,
+                                        high_open=True)] = 0.9,
+    weight_decay: Annotated[float, in_range("--weight-decay", "L2 penalty.", 0, 1)] = 0.0,
+    seed: Annotated[int, in_range("--seed", "Seeds the split, the new weights, shuffling, augmentation.", 0,
+                                  2**32 - 1)] = 0,
     device: DeviceOpt = "auto",
-    val_split: Annotated[float, typer.Option("--val-split", help="Validation share when DATA_DIR has no split "
-                                             "of its own.")] = 0.2,
+    val_split: Annotated[float, in_range("--val-split", "Validation share when DATA_DIR has no split of its "
+                                         "own.", 0, 1, low_open=True, high_open=True)] = 0.2,
     augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Random shear 0.1, zoom 0.1, "
                                           "horizontal flip (the leaf study's Keras augmentation).")] = False,
     freeze_backbone: Annotated[bool, typer.Option("--freeze-backbone", help="Train only the new head.")] = False,
-    unfreeze_after: Annotated[int | None, typer.Option("--unfreeze-after", help="With --freeze-backbone: train "
-                                                       "everything after this many epochs.")] = None,
-    finetune_lr: Annotated[float | None, typer.Option("--finetune-lr", help="Learning rate once unfrozen "
-                                                      "(default --lr / 10).")] = None,
+    unfreeze_after: Annotated[int | None, in_range("--unfreeze-after", "With --freeze-backbone: train everything "
+                                                   "after this many epochs.", *UNFREEZE)] = None,
+    finetune_lr: Annotated[float | None, in_range("--finetune-lr", "Learning rate once unfrozen (default --lr / "
+                                                  "10).", 0, 10, low_open=True)] = None,
     snapshots: Annotated[str | None, typer.Option("--snapshots", help="Keep the weights at these epochs, e.g. "
                                                   "0,1,2,5,10 (0: the starting weights).")] = None,
     resume: Annotated[Path | None, typer.Option("--resume", help="Continue this run folder (its settings, "
                                                 "split and optimizer state; --epochs to go further).")] = None,
     dedupe: Annotated[bool, typer.Option("--dedupe", help="Drop validation images that duplicate training "
                                          "ones and repeated copies (a made split becomes group-aware).")] = False,
-    cv: Annotated[int | None, typer.Option("--cv", help="K-fold cross-validation (stratified, duplicates kept "
-                                           "in one fold) over all images; runs go to OUT/fold_N.")] = None,
+    cv: Annotated[int | None, in_range("--cv", "K-fold cross-validation (stratified, duplicates kept in one "
+                                       "fold) over all images; runs go to OUT/fold_N.", 2, 100)] = None,
     split: Annotated[Path | None, typer.Option("--split", help="Reuse a split.json (or the run folder holding "
                                                "it).")] = None,
     workers: WorkersOpt = 0,
-    near_distance: Annotated[int, typer.Option("--near-distance", help="Near-duplicate threshold in bits (of "
-                                               "64, pHash and dHash).")] = 12,
+    near_distance: NearDistanceOpt = 12,
+    force: Annotated[bool, typer.Option("--force", help="Replace --out even when it holds an earlier run or "
+                                                        "files convlens did not write.")] = False,
 ) -> None:
     """Train the baseline CNN or fine-tune a pretrained model on an image folder; checks the data first."""
     from convlens.training import TrainConfig, cross_validate, parse_snapshots, train
@@ -115,7 +123,8 @@ def train_command(
     events = ConsoleEvents()
     try:
         if resume is not None:
-            console.print(f"resuming {resume}")
+            if (resume / "last.safetensors").is_file():
+                console.print(f"resuming {resume}")
             result = resume_run(resume, epochs=epochs, device=None if device == "auto" else device,
                                 data_dir=data_dir, events=events)
             _report_run(result)
@@ -131,15 +140,15 @@ def train_command(
         if cv is not None:
             if split is not None:
                 raise ConvlensError("--cv makes its own folds; leave out --split")
-            _report_cv(cross_validate(data_dir, out, cv, config, events))
+            _report_cv(cross_validate(data_dir, out, cv, config, events, force=force))
         else:
-            _report_run(train(data_dir, out, config, split_file=split, events=events))
+            _report_run(train(data_dir, out, config, split_file=split, events=events, force=force))
     except KeyboardInterrupt:
         events.close()
         target = resume or out
-        console.print(f"interrupted; the finished epochs are in {target}: continue with "
-                      f"convlens train --resume {target}")
-        raise typer.Exit(130) from None
+        if target is not None and (Path(target) / "last.safetensors").is_file():
+            console.print(f"the finished epochs are in {target}: continue with convlens train --resume {target}")
+        raise
     finally:
         events.close()
 
@@ -171,15 +180,20 @@ def _report_cv(result) -> None:
 @data_app.command("check")
 def data_check_command(
     data_dir: Annotated[Path, typer.Argument(metavar="DATA_DIR", help="Image folder (as for train).")],
-    near_distance: Annotated[int, typer.Option("--near-distance", help="Near-duplicate threshold in bits (of "
-                                               "64, pHash and dHash).")] = 12,
+    near_distance: NearDistanceOpt = 12,
     out: Annotated[Path | None, typer.Option("--out", help="Also write summary.json, arrays.npz and a figure "
-                                             "of duplicate examples here.")] = None,
+                                             "of duplicate examples here (the report is printed; the folder is "
+                                             "optional).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON.")] = False,
+    force: ForceOpt = False,
 ) -> None:
     """Class counts, image sizes, unreadable files, identical and near-duplicate images (inside a split and
     across train/validation), images filed under two classes."""
     from convlens.data.check import check_data
+    from convlens.output import check_out
+
+    if out is not None:
+        check_out(out, force=force)  # before the check, which can take minutes
 
     report = check_data(data_dir, near_distance,
                         progress=lambda items, total: track(items, total=total, description="checking images"))
@@ -189,7 +203,7 @@ def data_check_command(
     else:
         _print_report(report, record)
     if out is not None:
-        _write_check(report, record, out)
+        _write_check(report, record, out, force)
         done(out)
     if report.problems():
         raise ConvlensError(f"{data_dir} cannot be trained on as it is: {report.problems()[0]}")
@@ -234,7 +248,7 @@ def _print_report(report, record: dict) -> None:
         console.print(f"[bold red]problem:[/bold red] {problem}")
 
 
-def _write_check(report, record: dict, out: Path) -> None:
+def _write_check(report, record: dict, out: Path, force: bool = False) -> None:
     """summary.json (the report), arrays.npz (hashes, sizes; ``input`` the example thumbnails shown) and
     duplicates.png (examples: validation images found in train, near duplicates, label conflicts)."""
     import numpy as np
@@ -255,7 +269,7 @@ def _write_check(report, record: dict, out: Path) -> None:
             image = ImageOps.pad(load_image(report.images[index].path), (96, 96), color=(255, 255, 255))
             thumbs.append(np.asarray(image, dtype=np.float32) / 255.0)
             titles.append(f"{kind}: {report.display(index)}")
-    with output_dir(out, "data check") as folder:
+    with output_dir(out, "data check", force=force) as folder:
         with folder.timed():
             hashes = np.array([[info.phash, info.dhash] for info in report.images], dtype=np.uint64)
         if thumbs:

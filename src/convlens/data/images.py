@@ -7,6 +7,7 @@ converted, transparency composited on white. Bad files fail with one line that n
 from __future__ import annotations
 
 import warnings
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +17,14 @@ from convlens.errors import ConvlensError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 MAX_PIXELS = 100_000_000
+PATH_INFO = "convlens_path"
 
 
 def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Open ``path`` as an RGB image, or raise ConvlensError naming the path."""
     path = Path(path)
+    if path.is_dir():
+        raise ConvlensError(f"{path} is a folder, not an image file")
     if not path.is_file():
         raise ConvlensError(f"image not found: {path}")
     try:
@@ -35,7 +39,9 @@ def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
                         f"over the limit of {max_pixels / 1e6:.0f}; downscale it first"
                     )
                 image.load()
-                return to_rgb(ImageOps.exif_transpose(image))
+                rgb = to_rgb(ImageOps.exif_transpose(image))
+                rgb.info[PATH_INFO] = str(path)  # lets later steps (e.g. the resize guard) name the file
+                return rgb
     except ConvlensError:
         raise
     except Image.DecompressionBombError as exc:  # pragma: no cover - our limit is stricter than Pillow's
@@ -43,6 +49,28 @@ def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
     except (OSError, SyntaxError, ValueError) as exc:
         reason = "not an image file" if "cannot identify" in str(exc) else f"unreadable image ({exc})"
         raise ConvlensError(f"{path}: {reason}") from None
+
+
+def load_readable(paths: list[Path], strict: bool = False, skipped: list[tuple[Path, str]] | None = None,
+                  required: Collection[Path] = ()) -> Iterator[tuple[Path, Image.Image]]:
+    """``(path, image)`` for each path that loads; an unreadable file is appended to ``skipped`` with its
+    reason and left out, or, with ``strict`` (or when it is one of ``required``, e.g. named on the command
+    line rather than found in a folder), raised (ConvlensError) at once."""
+    required = {Path(p) for p in required}
+    for path in paths:
+        try:
+            image = load_image(path)
+        except ConvlensError as exc:
+            if strict or skipped is None or Path(path) in required:
+                raise
+            skipped.append((Path(path), str(exc)))
+            continue
+        yield Path(path), image
+
+
+def image_name(image: Image.Image) -> str:
+    """The file an image was loaded from (``load_image`` records it), or ``image``."""
+    return image.info.get(PATH_INFO, "image")
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

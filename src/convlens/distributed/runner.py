@@ -32,7 +32,8 @@ from convlens.distributed.cluster import RayOptions, connect, disconnect, import
 from convlens.distributed.shards import ShardPlan, ShardStore
 from convlens.distributed.transfer import ModelPackage, package_model
 from convlens.models.classifier import ImageClassifier
-from convlens.output import _check_replaceable as check_replaceable
+from convlens.output import check_out as check_replaceable
+from convlens.output import write_manifest
 from convlens.progress import ProgressLike, track
 
 
@@ -165,6 +166,7 @@ def run_job(job: Job, model: ImageClassifier, paths: Sequence[str | Path], out: 
     result = job.finish(model, run)
     result.save(out)
     store.move_into(Path(out))
+    write_manifest(Path(out), result.command or job.name)  # the shards moved in are convlens's too
     return result
 
 

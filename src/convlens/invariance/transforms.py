@@ -13,7 +13,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
 from convlens.errors import ConvlensError
-from convlens.models.preprocessing import Preprocessing
+from convlens.models.preprocessing import Preprocessing, check_resized_size
 
 TRANSFORMS = ("translate", "scale", "rotate")
 # (first, last, step) as in the paper: vertical translation -60..60 px, scale 1.0..1.8, rotation 0..360 degrees.
@@ -52,6 +52,8 @@ def resized_pixels(preprocessing: Preprocessing, image: Image.Image) -> torch.Te
     """The preprocessing's resize alone (before its crop), as a ``3 x h x w`` tensor in [0, 1]."""
     mode = InterpolationMode(preprocessing.interpolation)
     size = list(preprocessing.crop) if _squash(preprocessing) else preprocessing.resize
+    if not _squash(preprocessing):
+        check_resized_size(image, preprocessing.resize)  # a very thin image would blow up here
     return TF.pil_to_tensor(TF.resize(image, size, interpolation=mode, antialias=True)).float().div_(255.0)
 
 

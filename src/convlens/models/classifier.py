@@ -28,6 +28,9 @@ class ImageClassifier:
     spec: str = "custom"
     architecture: str = "custom"
     metadata: dict = field(default_factory=dict)
+    # Where the weights came from: "random" (untrained: every command says so loudly), "file:PATH",
+    # "checkpoint:PATH", "torchvision:NAME", "pretrained:..."; None when not known (a model built by hand).
+    weights: str | None = None
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -78,6 +81,8 @@ class ImageClassifier:
             "num_classes": len(self.class_names),
             "input_size": list(self.input_size),
             "preprocessing": self.preprocessing.to_dict(),
+            **({"weights": self.weights} if self.weights is not None else {}),
+            **{key: self.metadata[key] for key in ("build_kwargs", "build_kwargs_origin") if key in self.metadata},
         }
 
 

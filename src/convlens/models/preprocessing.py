@@ -10,8 +10,25 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
+from convlens.errors import ConvlensError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def check_resized_size(image: Image.Image, shorter_side: int) -> None:
+    """Resizing the shorter side of a very thin image (3 x 100000 px, a 2 KB PNG) blows the longer side up to
+    millions of pixels: refuse, naming the file, before any memory is taken (the loader's limit, after resizing)."""
+    from convlens.data.images import MAX_PIXELS, image_name
+
+    width, height = image.size
+    scale = shorter_side / max(1, min(width, height))
+    new_width, new_height = round(width * scale), round(height * scale)
+    if new_width * new_height > MAX_PIXELS:
+        raise ConvlensError(
+            f"{image_name(image)}: a {width}x{height} image is {new_width}x{new_height} = "
+            f"{new_width * new_height / 1e6:.0f} megapixels once its shorter side is resized to {shorter_side}, "
+            f"over the limit of {MAX_PIXELS / 1e6:.0f}; crop it to a less extreme aspect ratio first")
 
 
 @dataclass(frozen=True)
@@ -47,6 +64,7 @@ class Preprocessing:
         mode = InterpolationMode(self.interpolation)
         if self.squash or self.resize is None:
             return TF.resize(image, list(self.crop), interpolation=mode, antialias=True)
+        check_resized_size(image, self.resize)
         image = TF.resize(image, self.resize, interpolation=mode, antialias=True)
         return TF.center_crop(image, list(self.crop))
 

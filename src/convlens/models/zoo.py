@@ -17,6 +17,54 @@ TORCHVISION_PRETRAINED_KWARGS = {
     "inception_v3": {"transform_input": True, "aux_logits": True, "init_weights": False},
     "googlenet": {"transform_input": True, "aux_logits": False, "init_weights": False},
 }
+# Constructor flags a spec may set for a local state_dict: torchvision:inception_v3:transform_input=false.
+TORCHVISION_FLAGS = ("transform_input",)
+
+
+def parse_torchvision_spec(spec: str) -> tuple[str, dict[str, bool]]:
+    """``torchvision:NAME[:FLAG=true|false...]`` -> (NAME, flags)."""
+    name, *extra = spec.split(":")[1:]
+    flags = {}
+    for item in extra:
+        key, _, value = item.partition("=")
+        if key not in TORCHVISION_FLAGS or value.lower() not in ("true", "false", "1", "0"):
+            raise ConvlensError(f"model spec {spec!r}: after torchvision:NAME only {', '.join(TORCHVISION_FLAGS)}"
+                                "=true|false may follow (e.g. torchvision:inception_v3:transform_input=false)")
+        flags[key] = value.lower() in ("true", "1")
+    if flags and name not in TORCHVISION_PRETRAINED_KWARGS:
+        raise ConvlensError(f"model spec {spec!r}: {name} has no {', '.join(flags)} flag; only "
+                            f"{', '.join(TORCHVISION_PRETRAINED_KWARGS)} do")
+    return name, flags
+
+
+def torchvision_build_kwargs(name: str, state: dict | None, flags: dict[str, bool],
+                             source=None) -> tuple[dict, dict]:
+    """Constructor arguments for a local state_dict of ``name`` and how they were chosen (for summary.json).
+
+    inception_v3 and googlenet normalise their input a second time inside the model when ``transform_input``
+    is set, which torchvision's pretrained weights need and its plain constructor leaves off: the same tensors
+    give other logits under the other setting. The choice follows, in order: the spec's flag; torchvision's
+    own download file (by name: pretrained); googlenet's auxiliary heads (only the plain constructor keeps them:
+    plain); otherwise the pretrained setting, as a fine-tuned file most often is (say ``transform_input=false``
+    for a file saved from the plain constructor)."""
+    if name not in TORCHVISION_PRETRAINED_KWARGS:
+        return {}, {}
+    kwargs = dict(TORCHVISION_PRETRAINED_KWARGS[name])
+    if state is None:  # random weights: the pretrained architecture, unless the spec says otherwise
+        return {**kwargs, **flags}, {}
+    has_aux = any(key.startswith(("AuxLogits.", "aux1.", "aux2.")) for key in state)
+    kwargs["aux_logits"] = has_aux
+    official = {Path(member.url).name for member in torchvision_weights_enum(name)}
+    if "transform_input" in flags:
+        kwargs["transform_input"], how = flags["transform_input"], "given in the model spec"
+    elif source is not None and Path(str(source)).name in official:
+        kwargs["transform_input"], how = True, "torchvision's pretrained weights file"
+    elif name == "googlenet" and has_aux:
+        kwargs["transform_input"], how = False, "auxiliary heads present: saved from the plain constructor"
+    else:
+        kwargs["transform_input"], how = True, ("assumed (pretrained-style); for a file saved from the plain "
+                                                f"constructor use torchvision:{name}:transform_input=false")
+    return kwargs, {"build_kwargs_origin": {"transform_input": how}}
 
 
 def torchvision_weights_enum(name: str):
@@ -130,7 +178,7 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any decoding failure is the file's fault
-        raise ConvlensError(f"{path}: not a loadable state_dict ({exc.__class__.__name__}: {exc})") from None
+        raise ConvlensError(unreadable_weights(path, exc)) from None
     for key in ("state_dict", "model_state_dict", "model", "module"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -139,6 +187,16 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     if all(key.startswith("module.") for key in state):  # saved from DataParallel
         state = {key[len("module."):]: value for key, value in state.items()}
     return state
+
+
+def unreadable_weights(path: Path, exc: Exception) -> str:
+    """convlens's own one line for a weights file it cannot read (never torch's advice to unpickle)."""
+    text = str(exc)
+    if "not an allowed global" in text or "Unsupported global" in text:
+        return (f"{path}: not a plain state_dict (it holds pickled Python objects, which convlens never "
+                "unpickles); save the weights alone with torch.save(model.state_dict(), PATH) or as .safetensors")
+    return (f"{path}: not a readable weights file ({exc.__class__.__name__}); convlens reads a state_dict "
+            "saved with torch.save(model.state_dict(), PATH) or a .safetensors file")
 
 
 def load_weights_into(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:

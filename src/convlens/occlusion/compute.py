@@ -92,6 +92,9 @@ def occlusion(model: ImageClassifier | nn.Module, image: torch.Tensor | str | Pa
     with preserved_state(module) as net, torch.inference_mode():
         engine = build_engine(net, inputs, regions, layer, incremental)
         clean_logits = _logits(engine.clean_output)
+        if engine.clean_layer.ndim != 4:  # a Linear layer has no map: panels (b) and (c) would mean nothing
+            raise ConvlensError(f"--layer {layer!r} has output shape {tuple(engine.clean_layer.shape[1:])}: "
+                                "choose a layer with spatial maps (channels x height x width), e.g. a conv layer")
         totals = channel_totals(engine.clean_layer)[0]
         channel = int(totals.argmax())
         (resolved,) = resolve_targets(model, target, clean_logits, score)

@@ -56,13 +56,19 @@ class TrainConfig:
             raise ConvlensError(f"--arch {self.arch!r}: use baseline, {DEFAULT_SPEC}, torchvision:NAME or timm:NAME")
         if self.optimizer not in OPTIMIZERS:
             raise ConvlensError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ConvlensError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.img_size is not None and self.img_size < 8:
-            raise ConvlensError(f"--img-size must be at least 8, got {self.img_size}")
-        if self.learning_rate <= 0:
-            raise ConvlensError(f"--lr must be positive, got {self.learning_rate}")
+        for name, value, low, high in (("epochs", self.epochs, 1, 100_000), ("batch_size", self.batch_size, 1, 4096),
+                                       ("img_size", self.img_size, 8, 1024), ("workers", self.workers, 0, 64),
+                                       ("near_distance", self.near_distance, 0, 64)):
+            if value is not None and not low <= value <= high:
+                raise ConvlensError(f"--{name.replace('_', '-')} {value} is not in the range {low}<=x<={high}")
+        for name, value in (("lr", self.learning_rate), ("finetune_lr", self.finetune_learning_rate)):
+            if not 0 < value <= 10:
+                raise ConvlensError(f"--{name.replace('_', '-')} {value} is not in the range 0<x<=10")
+        if not 0 <= self.momentum < 1 or not 0 <= self.weight_decay <= 1:
+            raise ConvlensError(f"--momentum must be in 0<=x<1 and --weight-decay in 0<=x<=1, got {self.momentum} "
+                                f"and {self.weight_decay}")
+        if not 0 < self.val_split < 1:
+            raise ConvlensError(f"--val-split {self.val_split} is not in the range 0<x<1")
         if self.unfreeze_after is not None and not self.freeze_backbone:
             raise ConvlensError("--unfreeze-after needs --freeze-backbone")
         if self.unfreeze_after is not None and self.unfreeze_after < 0:

@@ -52,11 +52,14 @@ class CVResult:
 
 
 def cross_validate(data_dir: str | Path, out: str | Path, folds: int, config: TrainConfig | None = None,
-                   events: TrainingEvents | None = None) -> CVResult:
+                   events: TrainingEvents | None = None, force: bool = False) -> CVResult:
     """Train ``folds`` runs into ``out/fold_1`` ... and write ``out/cv.json`` and ``out/cv.png``. Every image
     of the folder is used (a given train/validation split is pooled); identical and near-duplicate images
     always share a fold; ``config.dedupe`` keeps one copy of each identical image."""
+    from convlens.output import check_out
+
     config = (config or TrainConfig()).validate()
+    check_out(out, force=force, run=True)  # before the data check, which can take minutes
     events = events or TrainingEvents()
     started = time.perf_counter()
     report = check_data(data_dir, config.near_distance,
@@ -64,7 +67,7 @@ def cross_validate(data_dir: str | Path, out: str | Path, folds: int, config: Tr
     splits, messages = folds_for_cv(report, folds, config.seed, config.dedupe)
     for message in messages:
         events.warning(message)
-    out = fresh_run_dir(out)
+    out = fresh_run_dir(out, force)
     results = []
     for number, split in enumerate(splits, start=1):
         events.fold_started(number, folds, len(split.train), len(split.validation))

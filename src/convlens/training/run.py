@@ -66,9 +66,13 @@ class TrainResult:
 
 def train(data_dir: str | Path, out: str | Path, config: TrainConfig | None = None, *,
           split_file: str | Path | None = None, report: DataReport | None = None,
-          events: TrainingEvents | None = None) -> TrainResult:
-    """Check ``data_dir`` (see ``convlens.data.check``), split it, train, and write the run to ``out``."""
+          events: TrainingEvents | None = None, force: bool = False) -> TrainResult:
+    """Check ``data_dir`` (see ``convlens.data.check``), split it, train, and write the run to ``out``
+    (an earlier run or a folder of other files there only with ``force``)."""
+    from convlens.output import check_out
+
     config = (config or TrainConfig()).validate()
+    check_out(out, force=force, run=True)  # before the data check, which can take minutes
     events = events or TrainingEvents()
     if report is None:
         report = check_data(data_dir, config.near_distance,
@@ -76,16 +80,16 @@ def train(data_dir: str | Path, out: str | Path, config: TrainConfig | None = No
     split, messages = split_for_training(report, config.val_split, config.seed, config.dedupe, split_file)
     for message in messages:
         events.warning(message)
-    return fit(out, config, split, report, events)
+    return fit(out, config, split, report, events, force)
 
 
 def fit(out: str | Path, config: TrainConfig, split: Split, report: DataReport,
-        events: TrainingEvents | None = None) -> TrainResult:
+        events: TrainingEvents | None = None, force: bool = False) -> TrainResult:
     """Train on an explicit split (``train`` and cross-validation folds end here)."""
     events = events or TrainingEvents()
     torch.manual_seed(config.seed)  # the new head (or the whole baseline) starts from the seed
     model = build_model(config, len(split.class_names))
-    run_dir = fresh_run_dir(out)
+    run_dir = fresh_run_dir(out, force)
     root = report.layout.root
     exact, near = validation_leaks(report, split.train, split.validation)
     data = {"data_dir": str(root.resolve()), "split": split.summary(),
@@ -111,14 +115,14 @@ def resume(run_dir: str | Path, epochs: int | None = None, device: str | None = 
     config.epochs = epochs or config.epochs
     config.device = device or config.device
     config.validate()
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics = _read_json(run_dir / "metrics.json")
     done = int(metadata["epoch"])  # metrics.json may hold one more epoch if a run stopped while writing
     metrics["epochs"] = metrics["epochs"][:done]
     if done >= config.epochs:
         raise ConvlensError(f"{run_dir} has trained {done} epochs already; pass --epochs above {done} to continue")
     root = Path(data_dir) if data_dir is not None else Path(metadata["data_dir"])
     classes, train_samples, validation_samples = read_split(run_dir / "split.json", root)
-    record = json.loads((run_dir / "split.json").read_text())
+    record = _read_json(run_dir / "split.json")
     split = Split(classes, train_samples, validation_samples, record.get("method", "file"))
     session = Session(run_dir, config, classes, split, root, events or TrainingEvents(), metrics["data"],
                       previous_seconds=metrics.get("wall_seconds", 0.0))
@@ -126,15 +130,15 @@ def resume(run_dir: str | Path, epochs: int | None = None, device: str | None = 
     return session.run()
 
 
-def fresh_run_dir(out: str | Path) -> Path:
-    """``out`` empty and ready; an earlier run (or convlens output) there is replaced, anything else refused."""
-    out = Path(out)
-    if out.exists():
-        earlier = any((out / name).exists() for name in ("split.json", "metrics.json", "cv.json", "summary.json"))
-        if not out.is_dir() or (any(out.iterdir()) and not earlier):
-            raise ConvlensError(f"--out {out} exists and is not a convlens run folder; choose another path")
+def fresh_run_dir(out: str | Path, force: bool = False) -> Path:
+    """``out`` empty and ready. A new or empty folder, or an earlier convlens output, is taken; an earlier run or
+    a folder of other files only with ``force`` (``convlens.output.check_out`` says which folders never)."""
+    from convlens.output import check_out, make_parents
+
+    out = check_out(out, force=force, run=True)
+    if out.exists() and any(out.iterdir()):
         shutil.rmtree(out)
-    out.mkdir(parents=True)
+    make_parents(out)
     return out
 
 
@@ -167,7 +171,7 @@ class Session:
                                    metadata.get("img_size") or preprocessing.input_size[0],
                                    dict(metadata.get("build_kwargs") or {})))
         self.history = history
-        state = torch.load(self.run_dir / OPTIMIZER_STATE, map_location=self.device, weights_only=True)
+        state = _optimizer_state(self.run_dir / OPTIMIZER_STATE, self.device)
         if state["epoch"] != len(history):
             raise ConvlensError(f"{self.run_dir}: the optimizer state is from epoch {state['epoch']}, the last "
                                 f"checkpoint from epoch {len(history)}; the run stopped while writing")
@@ -324,6 +328,32 @@ class Session:
                    "compute_seconds": round(sum(r.seconds for r in self.history), 4),
                    "versions": library_versions()}
         _write_json(self.run_dir / "summary.json", summary)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConvlensError(f"{path}: unreadable ({exc.__class__.__name__}); the run cannot be resumed") from None
+    if not isinstance(record, dict):
+        raise ConvlensError(f"{path}: not a convlens run record; the run cannot be resumed")
+    return record
+
+
+def _optimizer_state(path: Path, device) -> dict:
+    """The optimizer state ``resume`` continues from, or one line saying why it cannot be read."""
+    if not path.is_file():
+        raise ConvlensError(f"{path} is missing; the run cannot be resumed (start a new run from its "
+                            "last.safetensors with --weights)")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any decoding failure is the file's fault
+        raise ConvlensError(f"{path}: unreadable optimizer state ({exc.__class__.__name__}; convlens never "
+                            "unpickles Python objects); the run cannot be resumed: start a new one from its "
+                            "last.safetensors with --weights") from None
+    if not isinstance(state, dict) or not {"epoch", "phase", "optimizer"} <= set(state):
+        raise ConvlensError(f"{path}: not a convlens optimizer state (expected epoch, phase and optimizer)")
+    return state
 
 
 def _write_json(path: Path, record: dict) -> None:

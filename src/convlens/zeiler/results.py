@@ -110,6 +110,7 @@ class TopKResult(Result):
     batch_size: int | None = None
     source: str | None = None
     compute_seconds: float = 0.0
+    skipped: tuple[tuple[str, str], ...] = ()  # unreadable files left out: (path, reason)
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {"input": self.inputs, "input_images": np.asarray(self.input_images, dtype=np.int64),
@@ -122,7 +123,8 @@ class TopKResult(Result):
                 "images_scanned": len(self.paths), "model": self.model, "layer": self.layer, "units": self.units,
                 "k": self.k, "rule": self.rule, "rule_requested": self.rule_requested, "batch_size": self.batch_size,
                 "layer_map_size": list(self.map_size), "receptive_field": self.field.to_dict(),
-                "top": self.table(), "compute_seconds": self.compute_seconds}
+                "top": self.table(), "compute_seconds": self.compute_seconds,
+                "unreadable_images_skipped": [{"image": path, "reason": reason} for path, reason in self.skipped]}
 
     def table(self) -> list[dict]:
         """Per unit, its filled slots: image path, value and position."""

@@ -13,6 +13,7 @@ first_index=...)``, on other processes or machines) merge into exactly the table
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Sequence
@@ -165,9 +166,11 @@ def _strongest_first(values: torch.Tensor, images: torch.Tensor) -> torch.Tensor
 
 def scan_top(model: ImageClassifier, paths: Sequence[str | Path], layer: str, *, units: UnitsSpec = "0:16",
              k: int = 9, batch_size: int = 32, num_workers: int = 0, first_index: int = 0,
-             progress: ProgressLike = False) -> TopKTable:
+             progress: ProgressLike = False, skipped: list[tuple[str, str]] | None = None) -> TopKTable:
     """One streaming pass over ``paths`` keeping each unit's ``k`` strongest activations. Image indices in the
-    table start at ``first_index``: the position of ``paths[0]`` in the whole list when this is one shard."""
+    table start at ``first_index``: the position of ``paths[0]`` in the whole list when this is one shard.
+    Unreadable files are appended to ``skipped`` as (path, reason) and left out; without a list, the first
+    one raises."""
     if k < 1:
         raise ConvlensError(f"--k must be at least 1, got {k}")
     loader = image_batches([Path(p) for p in paths], model.preprocessing, batch_size, num_workers)
@@ -175,7 +178,14 @@ def scan_top(model: ImageClassifier, paths: Sequence[str | Path], layer: str, *,
     with preserved_state(as_module(model)) as net, torch.inference_mode():
         device = module_device(net)
         for inputs, indices, errors in track(loader, len(loader), "scanning images", progress):
-            _raise_first(errors)
+            if skipped is None:
+                _raise_first(errors)
+            elif any(errors):
+                readable = torch.tensor([not error for error in errors])
+                skipped += [(str(paths[int(i)]), e) for i, e in zip(indices.tolist(), errors, strict=True) if e]
+                inputs, indices = inputs[readable], indices[readable]
+                if len(indices) == 0:
+                    continue
             with layer_outputs(net, layer, calls=calls) as record:
                 output = run_forward(net, inputs.to(device, non_blocking=True), record, layer)
             if table is None:  # the first batch runs the whole model and learns where to stop next time
@@ -185,7 +195,8 @@ def scan_top(model: ImageClassifier, paths: Sequence[str | Path], layer: str, *,
             values, flat = output.index_select(1, unit_index).flatten(2).max(dim=2)
             table = table.add(values.float().cpu(), indices + first_index, flat.cpu(), inputs)
     if table is None:
-        raise ConvlensError("no images to scan")
+        first = f" (first: {skipped[0][1]})" if skipped else ""
+        raise ConvlensError(f"no readable images to scan{first}")
     return table
 
 
@@ -202,19 +213,21 @@ def _empty_table(output: torch.Tensor, layer: str, units: UnitsSpec, k: int, cal
 def top_activations(model: ImageClassifier, images: str | Path | Sequence[str | Path], layer: str, *,
                     units: UnitsSpec = "0:16", k: int = 9, rule: str = AUTO, batch_size: int = 32,
                     num_workers: int = 0, projection_batch_size: int = 16,
-                    progress: ProgressLike = False) -> TopKResult:
+                    progress: ProgressLike = False, strict: bool = False) -> TopKResult:
     """Each unit's ``k`` strongest activations over ``images`` (a folder, searched recursively, or a list of
     files), with the image patch under the receptive field and the projection of that single activation, as
     ``convlens topk`` does. ``units`` as in ``parse_units`` (None: every channel); ``rule`` as in
     ``convlens.zeiler.deconv``; a folder with fewer than ``k`` images fills the slots it can (the others hold
-    image -1)."""
+    image -1). Unreadable files are skipped and listed in the summary (``strict``: the first one raises)."""
     start = time.perf_counter()
     paths = image_paths(images)
+    skipped: list[tuple[str, str]] | None = None if strict else []
     table = scan_top(model, paths, layer, units=units, k=k, batch_size=batch_size, num_workers=num_workers,
-                     progress=progress)
-    return topk_result(model, paths, table, rule=rule, batch_size=projection_batch_size, progress=progress,
-                       scan_batch_size=batch_size, source=str(images) if isinstance(images, (str, Path)) else None,
-                       started=start)
+                     progress=progress, skipped=skipped)
+    result = topk_result(model, paths, table, rule=rule, batch_size=projection_batch_size, progress=progress,
+                         scan_batch_size=batch_size, source=str(images) if isinstance(images, (str, Path)) else None,
+                         started=start)
+    return dataclasses.replace(result, skipped=tuple(skipped or ()))
 
 
 def topk_result(model: ImageClassifier, paths: Sequence[str | Path], table: TopKTable, *, rule: str = AUTO,

@@ -1,0 +1,68 @@
+"""``convlens report``: the static HTML report of a model on images (works offline, from ``file://``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from convlens.cli.app import app
+from convlens.cli.common import (
+    ClassesOpt,
+    DeviceOpt,
+    ImagesArg,
+    LayerOpt,
+    ModelArg,
+    PreprocessOpt,
+    WeightsOpt,
+    console,
+    open_model,
+)
+
+
+def parse_units(text: str) -> int | None:
+    from convlens.errors import ConvlensError
+
+    if text.strip().lower() == "all":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise ConvlensError(f"--units {text!r}: give a number of units per layer, or 'all'") from None
+
+
+@app.command("report")
+def report_command(
+    model: ModelArg,
+    images: ImagesArg,
+    out: Annotated[Path, typer.Option("--out", help="Report folder (replaced atomically).")] = Path("convlens-report"),
+    layer: LayerOpt = None,
+    units: Annotated[str, typer.Option("--units", help="Unit pages per layer (the strongest), or 'all'.")] = "16",
+    k: Annotated[int, typer.Option("--k", help="Top-k images per unit.")] = 9,
+    method: Annotated[list[str] | None, typer.Option("--method", help="CAM method (repeatable; default the eight "
+                                                                      "classic ones).")] = None,
+    cam_layer: Annotated[str | None, typer.Option("--cam-layer", help="Layer of the CAMs (default: the last "
+                                                                      "spatial convolution).")] = None,
+    details: Annotated[int, typer.Option("--details", help="Images that get occlusion, invariance and "
+                                                           "projections (long to compute).")] = 8,
+    rule: Annotated[str, typer.Option("--rule", help="Deconv rule of the unit pages: auto, deconvnet, guided, "
+                                                     "gradient.")] = "auto",
+    feature_viz: Annotated[bool, typer.Option("--feature-viz", help="A feature visualization per unit page "
+                                                                    "(long).")] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
+    weights: WeightsOpt = None,
+    classes: ClassesOpt = None,
+    preprocess: PreprocessOpt = None,
+    device: DeviceOpt = "auto",
+) -> None:
+    """A folder of HTML pages: the model card, a page per image, per layer and per unit; open OUT/index.html."""
+    from convlens.data.images import expand_image_args
+    from convlens.report import report
+
+    classifier = open_model(model, weights, device, classes, preprocess)
+    result = report(classifier, expand_image_args(images), layers=layer, units=parse_units(units), k=k,
+                    methods=method, cam_layer=cam_layer, details=details, rule=rule, feature_viz=feature_viz,
+                    batch_size=batch_size, progress=True)
+    result.save(out, progress=True)
+    console.print(f"open [bold]{(out / 'index.html').resolve().as_uri()}[/bold]")
