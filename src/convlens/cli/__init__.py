@@ -105,6 +105,10 @@ def _run(args: list[str]) -> int:
     except SystemExit:
         raise
     except Exception as exc:  # noqa: BLE001 - never a traceback unless asked
+        if _signal_received:
+            # The interrupt came first; what failed after it is its consequence (an import cut short, e.g.
+            # numpy's "cannot load module more than once per process"): report the interrupt.
+            return _interrupted()
         if debug:
             raise
         return _report(exc, ConvlensError)
