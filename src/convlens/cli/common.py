@@ -8,14 +8,6 @@ from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 from convlens.models import DEFAULT_SPEC, ImageClassifier, load_model
 
@@ -117,22 +109,12 @@ def warning(message: str) -> None:
     console.print(f"[bold yellow]warning:[/bold yellow] {message}", soft_wrap=True, highlight=False)
 
 
-def progress_bar() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), console=console, transient=True)
-
-
 def track(items: Iterable[T], total: int | None = None, description: str = "working",
           enabled: bool = True) -> Iterator[T]:
-    """Iterate with a rich progress bar on stderr (a plain loop when ``enabled`` is False)."""
-    if not enabled:
-        yield from items
-        return
-    with progress_bar() as bar:
-        task = bar.add_task(description, total=total)
-        for item in items:
-            yield item
-            bar.advance(task)
+    """Iterate with a rich progress bar on stderr (a plain loop when ``enabled`` is False): the library's own."""
+    from convlens.progress import track as library_track
+
+    return library_track(items, total, description, progress=enabled)
 
 
 def ray_report(summary: dict) -> None:
