@@ -49,8 +49,10 @@ def check_suffix(model, layer, size, calls=1, min_cached=0):
         output = suffix.run(copies.clone(), owners)
     with capture(model, layer) as captured, torch.inference_mode():
         clean = model(inputs)
-    torch.testing.assert_close(suffix.clean_layer, captured[layer], rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(suffix.clean_output, clean, rtol=1e-4, atol=1e-5)
+    # float32 sums in another order (the traced graph vs the module): compared at the tensors' own scale
+    layer_scale, output_scale = captured[layer].abs().max(), clean.abs().max()
+    torch.testing.assert_close(suffix.clean_layer / layer_scale, captured[layer] / layer_scale, rtol=0, atol=1e-5)
+    torch.testing.assert_close(suffix.clean_output / output_scale, clean / output_scale, rtol=0, atol=1e-5)
     expected = whole_model(model, inputs, layer, owners, copies, calls)
     scale = expected.abs().max()  # random-init networks' logits can be tiny (mobilenet_v2: 1e-4)
     assert (expected - clean[owners]).abs().max() > 0.01 * scale  # the edits change the output: the check can fail
