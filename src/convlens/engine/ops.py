@@ -227,3 +227,16 @@ def trace(net: nn.Module, layer: str | None = None) -> fx.Graph:
     except Exception as error:  # noqa: BLE001 - any model that does not trace runs the plain batched way
         first_line = (str(error).strip().splitlines() or [""])[0][:160]
         raise NotTraceable(f"torch.fx cannot trace the model ({type(error).__name__}: {first_line})") from None
+
+
+def last_uses(nodes) -> dict:
+    """For each node of ``nodes`` (in execution order), the values no longer needed once it has run, so a
+    runner can free them early."""
+    last = {}
+    for node in nodes:
+        for source in node.all_input_nodes:
+            last[source] = node
+    freed: dict = {}
+    for source, node in last.items():
+        freed.setdefault(node, []).append(source)
+    return freed

@@ -27,6 +27,7 @@ from convlens.engine.ops import (
     LocalOp,
     NotTraceable,
     is_pointwise_module,
+    last_uses,
     mutates,
     pointwise_op,
     window_op,
@@ -93,7 +94,7 @@ class RegionalEngine:
         # Keep only what the batched runs read: constants, and the clean maps that boxes are pasted into.
         pasted = {n for n in self.regional if any(u not in self.regional for u in n.users)} | {self.layer_node}
         self.clean = {n: v for n, v in values.items() if not self.dependent[n] or n in pasted}
-        self.last_use = self._last_uses()
+        self.last_use = last_uses(self.nodes)
         full_bytes = [v.numel() * v.element_size() for n, v in values.items()
                       if self.dependent[n] and n not in self.regional and isinstance(v, torch.Tensor)]
         self.per_sample_bytes = ACTIVATION_COPIES * max(full_bytes, default=inputs.numel() * inputs.element_size())
@@ -242,16 +243,6 @@ class RegionalEngine:
                      self._table(row_offset + top, source_box.row_length),
                      self._table(col_offset + left, source_box.col_length))
 
-    def _last_uses(self) -> dict[fx.Node, list[fx.Node]]:
-        """For each node, the values that are no longer needed once it has run (to free memory early)."""
-        last: dict[fx.Node, fx.Node] = {}
-        for node in self.nodes:
-            for source in node.all_input_nodes:
-                last[source] = node
-        freed: dict[fx.Node, list[fx.Node]] = {}
-        for source, node in last.items():
-            freed.setdefault(node, []).append(source)
-        return freed
 
     # -- one batch of variants --
 

@@ -20,7 +20,7 @@ import torch
 from torch import fx, nn
 
 from convlens.engine.batched import model_output
-from convlens.engine.ops import NotTraceable, mutates, trace
+from convlens.engine.ops import NotTraceable, last_uses, mutates, trace
 from convlens.hooks import capture, forward_hooks, replace_in_output
 from convlens.models.loading import preferred_memory_format
 
@@ -85,7 +85,7 @@ class SuffixEngine:
                     needed.update(node.all_input_nodes)
             self.cached, _, _ = self._clean_pass([n for n in nodes if n in needed], read, placeholders[0])
             self.clean_layer = clean_layer
-        self.last_use = self._last_uses()
+        self.last_use = last_uses(self.suffix)
         if clean_layer is not None:  # the suffix on the model's own layer output: the output proves the graph
             clean_output = self._run_checked(clean_layer)
         if agrees is None:
@@ -146,15 +146,6 @@ class SuffixEngine:
             cached[node] = (per_image, value)
         return cached, output, layer
 
-    def _last_uses(self) -> dict[fx.Node, list[fx.Node]]:
-        last: dict[fx.Node, fx.Node] = {}
-        for node in self.suffix:
-            for source in node.all_input_nodes:
-                last[source] = node
-        freed: dict[fx.Node, list[fx.Node]] = {}
-        for source, node in last.items():
-            freed.setdefault(node, []).append(source)
-        return freed
 
     def _run_checked(self, layer_values: torch.Tensor) -> torch.Tensor:
         try:

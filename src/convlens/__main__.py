@@ -1,5 +1,0 @@
-"""``python -m convlens``: the same as the ``convlens`` command."""
-
-from convlens.cli import main
-
-main()
