@@ -9,6 +9,7 @@ Exit codes: 0 success, 2 a usage or input error (``error: ...``), 1 an unexpecte
 from __future__ import annotations
 
 import importlib
+import os
 import signal
 import sys
 
@@ -40,12 +41,22 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def _install_signal_handlers() -> None:
+def _exit_at_once(signum, frame) -> None:
+    """While only importing, nothing is written yet: leave now. A KeyboardInterrupt raised inside a third-party
+    import can be swallowed by its ``except:`` (the command then ran on as if never interrupted) or leave
+    CPython's "unhandled interrupt" flag set (exit status -2): exiting here avoids both."""
+    _signal_received.append(signum)
+    code = _interrupted()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _install_signal_handlers(handler) -> None:
     import threading
 
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, _interrupt)
-        signal.signal(signal.SIGTERM, _interrupt)
+        signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGTERM, handler)
 
 
 def load_app():
@@ -70,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
 
     _signal_received.clear()
     previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
-    _install_signal_handlers()
+    _install_signal_handlers(_exit_at_once)
     show = warnings.showwarning
     warnings.showwarning = _warning_line
     try:
@@ -95,6 +106,7 @@ def _run(args: list[str]) -> int:
         from convlens.errors import ConvlensError
 
         app = load_app()
+        _install_signal_handlers(_interrupt)  # from here on, unwind so output folders clean up
         code = app(args=args, prog_name="convlens", standalone_mode=False)
         code = code if isinstance(code, int) else 0
         if code == 130:  # typer turns KeyboardInterrupt inside a command into exit code 130
