@@ -20,6 +20,7 @@ from torch import nn
 
 from bench.harness import DEVICE, BenchCase
 from convlens.faithfulness import causal_curves, explanation_maps, randomisation_curves, road_scores
+from convlens.faithfulness.candidates import Explainer
 
 
 def _net(seed: int = 0) -> nn.Module:
@@ -118,9 +119,10 @@ def _sanity_case(quick: bool) -> BenchCase:
                         a_batch=original.numpy()[:, None], explain_func=explain, device=str(DEVICE))
         return np.array([v for k, v in scores.items() if k != "original"])
 
-    def ours():
-        return randomisation_curves(net, {"gradcam": original},
-                                    lambda m: explanation_maps(net, inputs, labels, m), steps=None)[1]["gradcam"]
+    def ours():  # as convlens.faithfulness runs it: one explainer for the whole cascade
+        explain = Explainer(net, "gradcam")
+        return randomisation_curves(net, {"gradcam": original}, lambda m: explain(inputs, labels),
+                                    steps=None)[1]["gradcam"]
 
     def check(mine, theirs):
         np.testing.assert_allclose(mine["spearman"], theirs, rtol=1e-5, atol=1e-6)

@@ -15,7 +15,9 @@ import convlens
 from bench.inputs import SHARED_DATA
 from convlens.demo import sample_photos
 
-EXPENSIVE = ("scorecam", "ablationcam")  # one masked forward pass per channel: 1280 per image at conv_head
+# one masked forward pass per channel (1,280 per image at conv_head), times 35 noisy samples for SS-CAM and 10 for
+# IS-CAM: about 85 s per image for Score-CAM alone on the shared CPU (see docs/faithfulness.md)
+EXPENSIVE = ("scorecam", "sscam", "iscam")
 SETTINGS = {
     "step": 224 * 16,  # 14 steps instead of RISE's 224 (the AUC on a 15-point curve)
     "percentiles": (50,),  # ROAD at half the pixels removed only (each 224 x 224 solve takes seconds here)
@@ -25,13 +27,16 @@ SETTINGS = {
 }
 
 
-ORDER = ("random", "center", "gradcam", "cam", "gradcam++", "xgradcam", "layercam", "eigencam", "saliency",
-         "guided", "deconvnet", "guided-gradcam", "integrated-gradients", "smoothgrad", "occlusion")
+ORDER = ("random", "center", "gradcam", "cam", "gradcam++", "xgradcam", "layercam", "eigencam", "ablationcam",
+         "hirescam", "gradcamelementwise", "eigengradcam", "kpcacam", "shapleycam", "finercam", "fullgrad",
+         "smoothgradcam++", "scorecam", "sscam", "iscam", "saliency", "guided", "deconvnet", "guided-gradcam",
+         "integrated-gradients", "smoothgrad", "occlusion")
 
 
-def main(out: str) -> None:
+def main(out: str, only: list[str] | None = None) -> None:
     """One method per call (the table is per method, so the rows are those of one call with every method);
-    each method's folder is written as soon as it is done."""
+    each method's folder is written as soon as it is done, and a method whose folder exists is skipped (a run
+    cut short resumes). ``only``: these methods (default every method but the expensive ones)."""
     torch.set_num_threads(2)
     photos = Path(os.environ.get("CONVLENS_PHOTOS", SHARED_DATA / "photos"))
     boxed = ["dog.jpg", "eagle.jpg", "giraffe.jpg", "golden_retriever.jpeg", "squirrel_cls.jpg"]
@@ -39,10 +44,13 @@ def main(out: str) -> None:
     images += [str(p) for p in sample_photos(Path(out) / "skimage-photos", ("coffee", "chelsea"))]
     model = convlens.load_model("efficientnet_lite0", device="cpu")
     methods = [m for m in ORDER if m in convlens.faithfulness.method_names()]
-    methods += [m for m in convlens.faithfulness.method_names() if m not in methods and m not in EXPENSIVE]
+    methods += [m for m in convlens.faithfulness.method_names() if m not in methods]
+    methods = only or [m for m in methods if m not in EXPENSIVE]
     start = time.time()
     header = None
     for method in methods:
+        if (Path(out) / method / "arrays.npz").exists():
+            continue
         result = convlens.faithfulness(model, images, methods=[method], boxes=photos / "boxes.json", **SETTINGS)
         result.save(Path(out) / method)
         lines = result.csv().splitlines()
@@ -87,4 +95,4 @@ if __name__ == "__main__":
     if sys.argv[1] == "--table":
         print(markdown(sys.argv[2]))
     else:
-        main(sys.argv[1])
+        main(sys.argv[1], sys.argv[2].split(",") if len(sys.argv) > 2 else None)

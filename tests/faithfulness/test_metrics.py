@@ -201,3 +201,23 @@ def test_bootstrap_intervals():
     # per class first (a: 1/2, b: 1), then the mean over classes; the interval from resampled trials
     mean, low, high = bootstrap_class_mean(np.array([1.0, 0.0, 1.0]), ["a", "a", "b"], resamples=4000)
     assert mean == 0.75 and low < mean < high
+
+
+def test_stacked_ssim_and_hog_equal_skimage_per_image():
+    from skimage.feature import hog
+    from skimage.metrics import structural_similarity
+
+    from convlens.faithfulness.similarity import hog as stacked_hog
+    from convlens.faithfulness.similarity import hog_pearson, ssim
+
+    rng = np.random.default_rng(0)
+    a, b = rng.random((4, 37, 50)), rng.random((4, 37, 50))
+    a[:, :12] = 0  # flat regions and ties, as a CAM's zeros
+    b[1] = a[1]
+    ranges = [abs(max(x.max(), y.max()) - min(x.min(), y.min())) for x, y in zip(a, b, strict=True)]
+    expected = [structural_similarity(x, y, data_range=r) for x, y, r in zip(a, b, ranges, strict=True)]
+    np.testing.assert_allclose(ssim(a, b), expected, rtol=1e-12)
+    np.testing.assert_allclose(stacked_hog(a), np.stack([hog(x) for x in a]), atol=1e-6)
+    correlations = [np.corrcoef(hog(x), hog(y))[0, 1] for x, y in zip(a, b, strict=True)]
+    np.testing.assert_allclose(hog_pearson(a, b), correlations, atol=1e-6)
+    assert hog_pearson(a, b)[1] == pytest.approx(1.0) and abs(hog_pearson(a, b)[0]) < 0.5

@@ -81,27 +81,53 @@ def explanation_maps(model, inputs: torch.Tensor, classes: Sequence[int], method
                      progress: ProgressLike = False) -> torch.Tensor:
     """``N x H x W`` maps in [0, 1] of ``method`` for the class logits ``classes``; ConvlensError when the
     method does not apply to the model."""
-    from convlens.cam import min_max_per_image
+    return Explainer(model, method, options, batch_size, seed, progress)(inputs, classes)
 
-    options = dict(options or {})
-    classes = [int(c) for c in classes]
-    if method in BASELINES:
-        return min_max_per_image(baseline_maps(method, len(inputs), tuple(inputs.shape[-2:]), seed))
-    if method in cam_names():
-        from convlens.cam import cam_method
 
-        layer = options.pop("layer", None)
-        options.setdefault("input_size", tuple(inputs.shape[-2:]))
-        with cam_method(method)(model, layer, batch_size=options.pop("batch_size", batch_size),
-                                **options) as extractor:
-            return extractor(inputs, classes).maps.float()
-    if method == "occlusion":
-        return _occlusion_maps(model, inputs, classes, options, batch_size, progress)
-    from convlens.attribution import attribute, attribution_maps
+class Explainer:
+    """``explanation_maps`` bound to a model and a method, for repeated calls on the same model (the sanity
+    check's, after each randomised layer): a CAM's extractor, with its layer resolved (a forward pass for the
+    default layer), is built on the first call and reused while the input size stays the same."""
 
-    options.setdefault("seed", seed)
-    attributions = attribute(model, inputs, classes, method, batch_size=batch_size, progress=progress, **options)
-    return min_max_per_image(attribution_maps(attributions, method))
+    def __init__(self, model, method: str, options: dict | None = None, batch_size: int = 32, seed: int = 0,
+                 progress: ProgressLike = False) -> None:
+        self.model, self.method, self.options = model, method, dict(options or {})
+        self.batch_size, self.seed, self.progress = batch_size, seed, progress
+        self._extractor = None
+        self._extractor_size: tuple[int, int] | None = None
+
+    def __call__(self, inputs: torch.Tensor, classes: Sequence[int]) -> torch.Tensor:
+        from convlens.cam import min_max_per_image
+
+        options = dict(self.options)
+        classes = [int(c) for c in classes]
+        method = self.method
+        if method in BASELINES:
+            return min_max_per_image(baseline_maps(method, len(inputs), tuple(inputs.shape[-2:]), self.seed))
+        if method in cam_names():
+            return self._cam(inputs.shape[-2:])(inputs, classes).maps.float()
+        if method == "occlusion":
+            return _occlusion_maps(self.model, inputs, classes, options, self.batch_size, self.progress)
+        from convlens.attribution import attribute, attribution_maps
+
+        options.setdefault("seed", self.seed)
+        attributions = attribute(self.model, inputs, classes, method, batch_size=self.batch_size,
+                                 progress=self.progress, **options)
+        return min_max_per_image(attribution_maps(attributions, method))
+
+    def _cam(self, size):
+        size = tuple(size)
+        if self._extractor is None or self._extractor_size != size:
+            from convlens.cam import cam_method
+
+            options = dict(self.options)
+            layer = options.pop("layer", None)
+            options.setdefault("input_size", size)
+            self._extractor = cam_method(self.method)(self.model, layer,
+                                                      batch_size=options.pop("batch_size", self.batch_size),
+                                                      **options)
+            self._extractor_size = size
+        return self._extractor
 
 
 def _occlusion_maps(model, inputs, classes, options, batch_size, progress) -> torch.Tensor:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from convlens.errors import ConvlensError, nearest_names
-from convlens.faithfulness.candidates import explanation_maps, resolve_methods
+from convlens.faithfulness.candidates import Explainer, explanation_maps, resolve_methods
 from convlens.faithfulness.confidence import confidence_scores
 from convlens.faithfulness.deletion import area_under_curve, causal_curves, pixels_per_step
 from convlens.faithfulness.pointing import TOLERANCE, best_classes, pointing_hits, pointing_trials
@@ -124,8 +124,10 @@ def faithfulness(model: ImageClassifier | torch.nn.Module, images: ImagesLike, *
             curves.update({f"{kind}.{method}": value for kind, value in method_curves.items()})
         sanity_layers: list[str] = []
         if "sanity" in chosen and maps:
+            # one explainer per method for the whole cascade (a CAM's layer is resolved once)
+            explainers = {m: Explainer(model, m, options.get(m), batch_size, seed) for m in maps}
             sanity_layers, sanity = randomisation_curves(
-                net, maps, lambda m: _safe_maps(maps_of, m, inputs, classes), sanity_steps, sanity_seed, progress)
+                net, maps, lambda m: _safe_maps(explainers[m], inputs, classes), sanity_steps, sanity_seed, progress)
             for method, similarity in sanity.items():
                 for key, values in similarity.items():
                     curves[f"sanity_{key}_curve.{method}"] = values
@@ -173,9 +175,9 @@ def _rows(classes: list[int], trials, trial_classes: list[int]):
     return rows, trial_rows
 
 
-def _safe_maps(maps_of, method: str, inputs: torch.Tensor, classes: list[int]) -> torch.Tensor:
+def _safe_maps(explain, inputs: torch.Tensor, classes: list[int]) -> torch.Tensor:
     try:
-        return maps_of(method, inputs, classes).detach().float().cpu()
+        return explain(inputs, classes).detach().float().cpu()
     except ConvlensError:
         return torch.full((len(inputs), *inputs.shape[-2:]), float("nan"))
 

@@ -22,7 +22,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from convlens.faithfulness.similarity import hog_pearson, normalised, similarities, spearman, ssim
+
 SIMILARITIES = ("spearman", "ssim", "hog")
+__all__ = ["SIMILARITIES", "cascade", "checkpoints", "hog_pearson", "layer_names", "normalised",
+           "randomisable_layers", "randomisation_curves", "restored", "similarities", "spearman", "ssim"]
 
 
 def randomisable_layers(module: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -56,78 +60,73 @@ def cascade(module: nn.Module, steps: int | None, seed: int = 42) -> Iterator[tu
     layers = randomisable_layers(module)
     wanted = set(checkpoints(len(layers), steps))
     for index, (name, layer) in enumerate(layers):
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
-            torch.manual_seed(seed + 1)
-            layer.reset_parameters()
+        _reset_seeded(layer, seed + 1)
         if index in wanted:
             yield index, name
 
 
-def normalised(maps: np.ndarray) -> np.ndarray:
-    """``|map| / max |map|`` per map (all-zero maps stay zero), as Quantus's ``abs`` + ``normalise_by_max``."""
-    values = np.abs(maps.astype(np.float64))
-    peak = values.reshape(len(values), -1).max(axis=1).reshape(-1, *[1] * (values.ndim - 1))
-    return np.divide(values, peak, out=np.zeros_like(values), where=peak > 0)
+def _reset_seeded(layer: nn.Module, seed: int) -> None:
+    """``layer.reset_parameters()`` after seeding, the global random state put back afterwards.
 
-
-def spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise Spearman rank correlation of two ``N x ...`` stacks (average ranks on ties; NaN for a constant)."""
-    from scipy.stats import rankdata
-
-    ra = rankdata(a.reshape(len(a), -1), axis=1)
-    rb = rankdata(b.reshape(len(b), -1), axis=1)
-    ra -= ra.mean(axis=1, keepdims=True)
-    rb -= rb.mean(axis=1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (ra * rb).sum(1) / np.sqrt((ra * ra).sum(1) * (rb * rb).sum(1))
-
-
-def ssim(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    from skimage.metrics import structural_similarity
-
-    out = []
-    for x, y in zip(a, b, strict=True):
-        data_range = float(abs(max(x.max(), y.max()) - min(x.min(), y.min())))
-        out.append(structural_similarity(x, y, data_range=data_range) if data_range > 0 else 1.0)
-    return np.array(out)
-
-
-def hog_pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    from skimage.feature import hog
-
-    out = []
-    for x, y in zip(a, b, strict=True):
-        fx, fy = hog(x), hog(y)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out.append(float(np.corrcoef(fx, fy)[0, 1]) if fx.std() > 0 and fy.std() > 0 else float("nan"))
-    return np.array(out)
-
-
-def similarities(original: np.ndarray, randomised: np.ndarray) -> dict[str, np.ndarray]:
-    """Each similarity of ``N x H x W`` maps, per image."""
-    a, b = normalised(original), normalised(randomised)
-    return {"spearman": spearman(a, b), "ssim": ssim(a, b), "hog": hog_pearson(a, b)}
+    Quantus calls ``torch.manual_seed`` (every device's generator); the initialisers draw from the generator of
+    the device the layer is on, so seeding that one gives the same parameters. On the CPU this skips
+    ``manual_seed``'s lazy seeding of CUDA, which records a stack trace per call and cost more than the
+    reset itself on small models.
+    """
+    devices = {t.device for t in [*layer.parameters(recurse=False), *layer.buffers(recurse=False)]}
+    accelerators = [d.index if d.index is not None else torch.cuda.current_device()
+                    for d in devices if d.type == "cuda"]
+    cpu_only = all(d.type == "cpu" for d in devices)
+    with torch.random.fork_rng(devices=accelerators), torch.no_grad():
+        if cpu_only:
+            torch.default_generator.manual_seed(seed)
+        else:
+            torch.manual_seed(seed)
+        layer.reset_parameters()
 
 
 def randomisation_curves(module: nn.Module, original: dict[str, torch.Tensor],
                          compute: Callable[[str], torch.Tensor], steps: int | None = None, seed: int = 42,
                          progress=False) -> tuple[list[str], dict[str, dict[str, np.ndarray]]]:
     """For each method of ``original`` (its maps on the intact model): ``{similarity: steps x N}`` along the
-    cascade, ``compute(method)`` giving the method's maps on the model as it is at that point."""
+    cascade, ``compute(method)`` giving the method's maps on the model as it is at that point.
+
+    The maps of every checkpoint are kept (as float32) and compared with the originals at the end, all
+    checkpoints in one call per similarity rather than one per checkpoint.
+    """
     from convlens.progress import track
 
     names: list[str] = []
-    curves: dict[str, dict[str, list]] = {m: {s: [] for s in SIMILARITIES} for m in original}
+    randomised: dict[str, list[np.ndarray]] = {method: [] for method in original}
     layers = randomisable_layers(module)
     total = len(checkpoints(len(layers), steps))
     with restored(module):
         for _, name in track(cascade(module, steps, seed), total, "sanity: randomised layers", progress):
             names.append(name)
-            for method, maps in original.items():
-                scores = similarities(maps.numpy(), compute(method).numpy())
-                for key in SIMILARITIES:
-                    curves[method][key].append(scores[key])
-    return names, {m: {s: np.array(v).reshape(len(names), -1) for s, v in c.items()} for m, c in curves.items()}
+            for method in original:
+                randomised[method].append(compute(method).detach().float().cpu().numpy())
+    curves = {method: _compare(maps.detach().float().cpu().numpy(), randomised[method])
+              for method, maps in original.items()}
+    return names, curves
+
+
+COMPARED_PIXELS = 1 << 22  # pixels of the maps compared per call (bounds the float64 temporaries)
+
+
+def _compare(original: np.ndarray, randomised: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """``{similarity: checkpoints x N}`` of each checkpoint's maps against the original ones, many checkpoints
+    per call."""
+    if not randomised:
+        return {key: np.zeros((0, len(original))) for key in SIMILARITIES}
+    count, shape = len(original), original.shape[1:]
+    per_call = max(1, COMPARED_PIXELS // max(1, original.size))  # whole checkpoints per call
+    scores: dict[str, list[np.ndarray]] = {key: [] for key in SIMILARITIES}
+    for start in range(0, len(randomised), per_call):
+        group = np.stack(randomised[start:start + per_call])
+        first = np.broadcast_to(original, group.shape).reshape(-1, *shape)
+        for key, values in similarities(first, group.reshape(-1, *shape)).items():
+            scores[key].append(values.reshape(len(group), count))
+    return {key: np.concatenate(values) for key, values in scores.items()}
 
 
 def layer_names(module: nn.Module, steps: int | None) -> Sequence[str]:
