@@ -61,38 +61,93 @@ def main(out: str, only: list[str] | None = None) -> None:
         print(f"# {method} done at {time.time() - start:.0f} s", flush=True)
 
 
-def markdown(out: str) -> str:
-    """The docs table from the per-method folders: mean [95 % interval] per score, recomputed from the
-    per-image scores in each ``arrays.npz``."""
+def _scores() -> list[str]:
+    from convlens.faithfulness.table import score_names
+
+    return score_names(["deletion", "insertion", "road", "drop", "pointing", "sanity"])
+
+
+def measured_cells(folder: Path) -> list[tuple[float, float, float]]:
+    """Mean and 95 % interval per score, recomputed from the per-image scores in a method's ``arrays.npz``."""
     import json
 
     import numpy as np
 
-    from convlens.faithfulness.table import bootstrap_class_mean, bootstrap_mean, higher_is_better, score_names
+    from convlens.faithfulness.table import bootstrap_class_mean, bootstrap_mean
 
-    scores = score_names(["deletion", "insertion", "road", "drop", "pointing", "sanity"])
-    lines = ["| method | " + " | ".join(f"{s} {'↑' if higher_is_better(s) else '↓'}" for s in scores) + " |",
-             "|---" * (len(scores) + 1) + "|"]
+    method = folder.name
+    arrays = np.load(folder / "arrays.npz")
+    objects = [o["object"] for o in json.loads((folder / "summary.json").read_text())["objects"]]
+    cells = []
+    for score in _scores():
+        values = arrays[f"{score}.{method}"]
+        cells.append(bootstrap_class_mean(values, objects) if score == "pointing" else bootstrap_mean(values))
+    return cells
+
+
+def previous_rows(doc: Path) -> dict[str, list[tuple[float, float, float]]]:
+    """The rows of the table in ``doc`` (``| method | mean [low, high] | ...``), to keep the rows of an earlier
+    run with the same settings that this run did not repeat."""
+    import re
+
+    rows = {}
+    cell = re.compile(r"(-?[0-9.]+) \[(-?[0-9.]+), (-?[0-9.]+)\]")
+    for line in doc.read_text().splitlines():
+        parts = [p.strip() for p in line.strip().strip("|").split("|")]
+        if len(parts) == len(_scores()) + 1 and all(cell.fullmatch(p) for p in parts[1:]):
+            rows[parts[0].strip("*† ")] = [tuple(float(v) for v in cell.fullmatch(p).groups()) for p in parts[1:]]
+    return rows
+
+
+def table_rows(out: str, doc: Path | None = None) -> list[tuple[str, list[tuple[float, float, float]] | None, str]]:
+    """``(method, cells or None, source)`` in ORDER: measured in ``out``, else the earlier row of ``doc``, else
+    None (not measured)."""
+    earlier = previous_rows(doc) if doc is not None and doc.exists() else {}
+    rows = []
     for method in ORDER:
         folder = Path(out) / method
-        if not (folder / "arrays.npz").exists():
+        if (folder / "arrays.npz").exists():
+            rows.append((method, measured_cells(folder), "this run"))
+        elif method in earlier:
+            rows.append((method, earlier[method], "earlier run"))
+        else:
+            rows.append((method, None, "not measured"))
+    return rows
+
+
+def markdown(out: str, doc: Path | None = None) -> str:
+    """The docs table: mean [95 % interval] per score; a method measured in an earlier run with the same
+    settings (kept from ``doc``) is marked with *, one not measured says so."""
+    from convlens.faithfulness.table import higher_is_better
+
+    scores = _scores()
+    lines = ["| method | " + " | ".join(f"{s} {'↑' if higher_is_better(s) else '↓'}" for s in scores) + " |",
+             "|---" * (len(scores) + 1) + "|"]
+    for method, cells, source in table_rows(out, doc):
+        if cells is None:
+            lines.append(f"| {method} | " + " | ".join(["not measured"] * len(scores)) + " |")
             continue
-        arrays = np.load(folder / "arrays.npz")
-        objects = [o["object"] for o in json.loads((folder / "summary.json").read_text())["objects"]]
-        cells = []
-        for score in scores:
-            values = arrays[f"{score}.{method}"]
-            if values.ndim == 2:  # folders written before the curves got their own name: checkpoints x images
-                with np.errstate(all="ignore"):
-                    values = np.nanmean(values, axis=0)
-            mean, low, high = bootstrap_class_mean(values, objects) if score == "pointing" else bootstrap_mean(values)
-            cells.append(f"{mean:.3f} [{low:.3f}, {high:.3f}]")
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        text = [f"{mean:.3f} [{low:.3f}, {high:.3f}]" for mean, low, high in cells]
+        lines.append(f"| {method}{' *' if source == 'earlier run' else ''} | " + " | ".join(text) + " |")
     return "\n".join(lines)
 
 
+def ranking(out: str, path: str, doc: Path | None = None, images: int = 7) -> None:
+    """The ranking figure of the docs table (every measured row, this run's and the earlier run's)."""
+    from types import SimpleNamespace
+
+    from convlens.faithfulness.figures import ranking_figure
+
+    rows = [{"method": m, "scores": dict(zip(_scores(), cells, strict=True))}
+            for m, cells, _ in table_rows(out, doc) if cells is not None]
+    figure = ranking_figure(SimpleNamespace(scores=_scores(), table=rows, classes=range(images)))
+    figure.savefig(path, dpi=110)
+
+
 if __name__ == "__main__":
-    if sys.argv[1] == "--table":
-        print(markdown(sys.argv[2]))
+    if sys.argv[1] == "--table":  # --table OUT [DOC]: the markdown table (rows not in OUT kept from DOC)
+        print(markdown(sys.argv[2], Path(sys.argv[3]) if len(sys.argv) > 3 else None))
+    elif sys.argv[1] == "--ranking":  # --ranking OUT PNG [DOC]
+        ranking(sys.argv[2], sys.argv[3], Path(sys.argv[4]) if len(sys.argv) > 4 else None)
     else:
         main(sys.argv[1], sys.argv[2].split(",") if len(sys.argv) > 2 else None)

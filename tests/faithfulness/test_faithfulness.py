@@ -126,6 +126,18 @@ def test_every_method_is_a_candidate():
                                                                         "guided-gradcam", "center"]
 
 
+def test_docs_table_has_a_row_for_every_method_of_methods_all():
+    """docs/faithfulness.md's table lists exactly what ``--methods all`` runs (measured or saying why not)."""
+    from pathlib import Path
+
+    from convlens.faithfulness import method_names, resolve_methods
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "faithfulness.md").read_text()
+    table = text[text.index("| method | deletion"):].split("\n\n")[0].splitlines()[2:]
+    rows = [line.strip("|").split("|")[0].strip().rstrip(" *") for line in table]
+    assert sorted(rows) == sorted(resolve_methods("all")) == sorted(method_names())
+
+
 def test_cli_matches_the_api(tmp_path, capsys):
     from typer.testing import CliRunner
 

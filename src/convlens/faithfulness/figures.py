@@ -27,7 +27,7 @@ def ranking_figure(result):
     for axis, score in zip(axes.flat, scores, strict=False):
         entries = [(r["method"], *r["scores"][score]) for r in rows if score in r["scores"]]
         entries = [e for e in entries if np.isfinite(e[1])]
-        entries.sort(key=lambda e: e[1], reverse=not higher_is_better(score))
+        entries.sort(key=lambda e: e[1], reverse=higher_is_better(score))  # best first, at the top
         positions = np.arange(len(entries))[::-1]
         means = np.array([e[1] for e in entries])
         errors = np.array([[e[1] - e[2], e[3] - e[1]] for e in entries]).T if entries else None

