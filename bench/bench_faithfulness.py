@@ -129,7 +129,7 @@ def _sanity_case(quick: bool) -> BenchCase:
 
     return BenchCase(f"sanity (MPRT) {size}px b{count}", ours, peer, "Quantus MPRT", check, max_ratio=0.1,
                      repetitions=3 if quick else None,
-                     note="Grad-CAM after each of 7 randomised layers; convlens also computes SSIM and HOG")
+                     note="Grad-CAM after each of the 5 randomised layers; convlens also computes SSIM and HOG")
 
 
 def _road_case(quick: bool) -> BenchCase:

@@ -67,9 +67,10 @@ def curves_figure(result):
                 axis.plot(np.arange(1, len(values) + 1), np.nanmean(values, axis=1), **style)
             elif kind == "road_morf":
                 fractions = 1 - np.array(result.parameters["percentiles"]) / 100
-                axis.plot(fractions, values.mean(0), **style)
+                # markers: with one removal fraction each curve is a single point
+                axis.plot(fractions, values.mean(0), marker="o", ms=3, **style)
                 axis.plot(fractions, result.curves[f"road_lerf.{method}"].mean(0), ls="--", color=colours[method],
-                          lw=1.0)
+                          lw=1.0, marker="^", ms=3)
             else:
                 axis.plot(np.linspace(0, 1, values.shape[1]), values.mean(0), **style)
         axis.set_title(title, fontsize=8)
