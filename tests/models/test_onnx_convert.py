@@ -111,6 +111,9 @@ def test_unsupported_module_is_refused_naming_it(tmp_path, capsys):
     (lambda g: g["nodes"][1].update({"op": "call_function", "target": "os.system"}), "is not one convlens rebuilds"),
     (lambda g: g["nodes"][1].update({"op": "call_method", "target": "__reduce__"}), "is not one convlens rebuilds"),
     (lambda g: g["nodes"][1].update({"op": "get_attr", "target": "conv1/Conv.forward"}), "not one convlens rebuilds"),
+    # fx writes names into forward's source: neither a module name nor a keyword may break out of it
+    (lambda g: g["modules"][0].update({"name": 'x"), print("pwned'}), "not one convlens writes or reads"),
+    (lambda g: g["nodes"][1]["kwargs"].update({"a=print('pwned'),b": 1}), "is not a Python identifier"),
 ])
 def test_tampered_graph_is_refused(converted, tmp_path, edit, message):
     """Nothing named in the file is imported or called unless the whitelists hold it."""

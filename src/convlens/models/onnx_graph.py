@@ -11,6 +11,7 @@ Anything outside the whitelists is refused in one line naming the node and its c
 
 from __future__ import annotations
 
+import keyword
 import math
 import operator
 
@@ -19,7 +20,7 @@ from torch import fx, nn
 
 from convlens.errors import ConvlensError
 from convlens.models import onnx_native
-from convlens.models.onnx_native import DTYPES, dtype_name
+from convlens.models.onnx_native import DTYPES, check_name, dtype_name
 
 GRAPH_FORMAT = "convlens-fx-graph"
 GRAPH_VERSION = 1
@@ -106,12 +107,15 @@ def _onnx2torch(module: nn.Module) -> tuple[str, dict] | None:
 
 
 def _tensors_config(module: nn.Module) -> dict:
+    for name in module._buffers:
+        check_name(name, "tensor")
     return {"buffers": {name: {"shape": list(value.shape), "dtype": dtype_name(value.dtype, name)}
                         for name, value in module._buffers.items() if value is not None}}
 
 
 def translate(name: str, module: nn.Module) -> dict:
     """``{"name", "class", "kwargs"}`` (``"children"`` for ``nn.Sequential``) for one submodule."""
+    check_name(name, "module")
     cls = type(module)
     if cls is nn.Sequential:
         return {"name": name, "class": "Sequential", "kwargs": {},
@@ -178,8 +182,8 @@ def encode(value, where: str):
         return [encode(item, where) for item in value]
     if isinstance(value, tuple):
         return {"tuple": [encode(item, where) for item in value]}
-    if isinstance(value, dict) and all(isinstance(key, str) for key in value):
-        return {"dict": {key: encode(item, where) for key, item in value.items()}}
+    if isinstance(value, dict):
+        return {"dict": {_check_keyword(key, where): encode(item, where) for key, item in value.items()}}
     if isinstance(value, slice):
         return {"slice": [encode(value.start, where), encode(value.stop, where), encode(value.step, where)]}
     if value is Ellipsis:
@@ -201,7 +205,7 @@ def decode(value, nodes: dict):
         if tag == "tuple" and isinstance(inner, list):
             return tuple(decode(item, nodes) for item in inner)
         if tag == "dict" and isinstance(inner, dict):
-            return {str(key): decode(item, nodes) for key, item in inner.items()}
+            return {_check_keyword(key, "checkpoint graph"): decode(item, nodes) for key, item in inner.items()}
         if tag == "slice" and isinstance(inner, list) and len(inner) == 3:
             return slice(*(decode(item, nodes) for item in inner))
         if tag == "float" and inner in ("inf", "-inf", "nan"):
@@ -222,11 +226,15 @@ def build_graph(graph: dict) -> fx.GraphModule:
                             f"{GRAPH_VERSION}); update convlens")
     root = nn.Module()
     for entry in graph.get("modules", []):
-        root.add_module(entry["name"], _build_module(entry))
+        if not isinstance(entry, dict):
+            raise ConvlensError("checkpoint graph: a module entry is not a JSON object")
+        root.add_module(check_name(entry.get("name"), "checkpoint graph: module"), _build_module(entry))
     buffers = {name for name, _ in root.named_buffers()}
     built = fx.Graph()
     nodes: dict[str, fx.Node] = {}
     for entry in graph.get("nodes", []):
+        if not isinstance(entry, dict):
+            raise ConvlensError("checkpoint graph: a node entry is not a JSON object")
         op, name, target = entry.get("op"), str(entry.get("name")), entry.get("target")
         target = _resolve_target(op, entry.get("target"), root, buffers)
         if target is None:
@@ -242,11 +250,20 @@ def build_graph(graph: dict) -> fx.GraphModule:
     return fx.GraphModule(root, built)
 
 
+def _check_keyword(key, where: str) -> str:
+    """A keyword argument's name: fx writes it into ``forward``'s source as ``key = value``."""
+    if not isinstance(key, str) or not key.isidentifier() or keyword.iskeyword(key):
+        raise ConvlensError(f"{where}: keyword argument {str(key)[:80]!r} is not a Python identifier")
+    return key
+
+
 def _decode_arguments(entry: dict, nodes: dict, where: str) -> tuple[list, dict]:
     args, kwargs = entry.get("args", []), entry.get("kwargs", {})
     if not isinstance(args, list) or not isinstance(kwargs, dict):
         raise ConvlensError(f"checkpoint graph: {where} has malformed arguments")
-    return [decode(arg, nodes) for arg in args], {str(key): decode(value, nodes) for key, value in kwargs.items()}
+    where = f"checkpoint graph: {where}"
+    return ([decode(arg, nodes) for arg in args],
+            {_check_keyword(key, where): decode(value, nodes) for key, value in kwargs.items()})
 
 
 def _resolve_target(op, target, root: nn.Module, buffers: set[str]):
@@ -256,7 +273,8 @@ def _resolve_target(op, target, root: nn.Module, buffers: set[str]):
         return None
     allowed = {"call_function": lambda: target in FUNCTIONS, "call_method": lambda: target in METHODS,
                "call_module": lambda: _is_submodule(root, target), "get_attr": lambda: target in buffers,
-               "placeholder": lambda: target.isidentifier(), "output": lambda: target == "output"}
+               "placeholder": lambda: target.isidentifier() and not keyword.iskeyword(target),
+               "output": lambda: target == "output"}
     if op not in allowed or not allowed[op]():
         return None
     return FUNCTIONS[target] if op == "call_function" else target
@@ -273,11 +291,11 @@ def _is_submodule(root: nn.Module, target) -> bool:
 
 
 def _build_module(entry: dict) -> nn.Module:
-    name, kind = entry.get("name"), entry.get("class")
+    name, kind = check_name(entry.get("name"), "checkpoint graph: module"), entry.get("class")
     if kind == "Sequential":
         sequential = nn.Sequential()
         for child in entry.get("children", []):
-            sequential.add_module(child["name"], _build_module(child))
+            sequential.add_module(check_name(child.get("name"), "checkpoint graph: module"), _build_module(child))
         return sequential
     cls = TORCH_MODULES.get(kind) or onnx_native.MODULES.get(kind)
     if cls is None:

@@ -9,6 +9,8 @@ values (``config()`` returns them), and ``MODULES`` is the whitelist the checkpo
 
 from __future__ import annotations
 
+import re
+
 import torch
 from torch import nn
 
@@ -18,6 +20,18 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "float64": torch.f
           "int64": torch.int64, "int32": torch.int32, "int16": torch.int16, "int8": torch.int8,
           "uint8": torch.uint8, "bool": torch.bool}
 DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
+
+# fx writes module and buffer names into the Python source of ``forward`` as ``getattr(self, "NAME")``: a name
+# from the file must not be able to close that string.
+_SAFE_NAME = re.compile(r"[^\"'\\.\x00-\x1f\x7f]{1,300}")
+
+
+def check_name(name, what: str) -> str:
+    """``name`` when it is safe as a module, buffer or argument name (see ``_SAFE_NAME``)."""
+    if not isinstance(name, str) or _SAFE_NAME.fullmatch(name) is None:
+        raise ConvlensError(f"{what} name {str(name)[:80]!r} is not one convlens writes or reads (quotes, "
+                            "backslashes, dots and control characters are refused)")
+    return name
 
 
 def dtype_name(dtype: torch.dtype, where: str) -> str:
@@ -334,10 +348,12 @@ class Tensors(nn.Module):
     def __init__(self, buffers: dict[str, dict] | None = None):
         super().__init__()
         for name, spec in (buffers or {}).items():
+            check_name(name, "checkpoint graph: tensor")
             dtype = DTYPES.get(spec.get("dtype")) if isinstance(spec, dict) else None
-            if dtype is None or "." in name:
-                raise ConvlensError(f"checkpoint graph: tensor {name!r} has no known type")
-            self.register_buffer(name, torch.zeros([int(s) for s in spec["shape"]], dtype=dtype))
+            shape = spec.get("shape") if isinstance(spec, dict) else None
+            if dtype is None or not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape):
+                raise ConvlensError(f"checkpoint graph: tensor {name!r} has no known type or shape")
+            self.register_buffer(name, torch.zeros(shape, dtype=dtype))
 
     def config(self) -> dict:
         return {"buffers": {name: {"shape": list(value.shape), "dtype": dtype_name(value.dtype, name)}
