@@ -69,6 +69,8 @@ def test_checkpoint_matches_onnxruntime_without_onnx_installed(converted, tmp_pa
         expected = cam(torch.from_numpy(inputs), "predicted").maps
     assert np.asarray(result["maps"]).max() > 0
     np.testing.assert_allclose(result["maps"], expected.numpy(), atol=1e-5)
+    again = convlens.convert(str(out), tmp_path / "again")  # a converted model converts to the same graph
+    assert json.loads((again / "model.json").read_text())["build_kwargs"] == meta["build_kwargs"]
 
 
 def test_cli_predict_on_the_checkpoint_without_onnx(converted):
@@ -183,3 +185,36 @@ def test_fixed_batch_export_is_one_line(tmp_path):
     with pytest.raises(convlens.ConvlensError, match="fails on a batch of 2 images .*dynamic batch axis"):
         convlens.convert(f"onnx:{path}", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+class ManyOperators(torch.nn.Module):
+    """PRelu, Sub, Clip, F.pad (ConstantOfShape, Slice, Transpose, Reshape, Cast and a dynamic Pad in the
+    export), HardSigmoid, Div, Softmax, AveragePool, Sqrt, Abs: each a different onnx2torch module."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+        self.prelu = torch.nn.PReLU(4)
+        self.head = torch.nn.Linear(4 * 4, 3)
+
+    def forward(self, x):
+        x = torch.clamp(self.prelu(self.conv(x)) - 0.5, -1.0, 2.0)
+        x = torch.softmax(torch.nn.functional.hardsigmoid(torch.nn.functional.pad(x, (1, 0, 0, 1))) / 2, 1)
+        return self.head(torch.nn.functional.avg_pool2d(x, 7, 7).sqrt().flatten(1)).abs()
+
+
+def test_many_operators_convert_exactly(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "many.onnx"
+    torch.onnx.export(ManyOperators().eval(), torch.randn(1, 3, 16, 16), str(path), input_names=["input"],
+                      dynamic_axes={"input": {0: "batch"}}, opset_version=17, dynamo=False)
+    original = convlens.load_model(f"onnx:{path}", device="cpu")
+    kinds = {type(module).__name__ for module in original.module.modules()}
+    assert {"OnnxPReLU", "OnnxClip", "OnnxConstantOfShape", "OnnxPadDynamic", "OnnxHardSigmoid"} <= kinds
+    out = convlens.convert(original, tmp_path / "ck")
+    assert json.loads((out / "summary.json").read_text())["reload_max_abs_difference"] == 0.0
+    reloaded = convlens.load_model(str(out), device="cpu")
+    inputs = np.random.default_rng(4).normal(size=(3, 3, 16, 16)).astype("float32")
+    with torch.inference_mode():
+        logits = reloaded.module(torch.from_numpy(inputs)).numpy()
+    np.testing.assert_allclose(logits, onnxruntime_output(path, inputs), atol=1e-4, rtol=0)

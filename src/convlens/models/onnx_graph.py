@@ -62,6 +62,7 @@ METHODS = frozenset({"size", "view", "reshape", "flatten", "permute", "contiguou
 
 _BINARY = {"add": "add", "sub": "sub", "mul": "mul", "_onnx_div": "div"}
 _REDUCE = {"ReduceMean": "mean", "ReduceSum": "sum", "ReduceMax": "max", "ReduceMin": "min"}
+_COMPARE_BY_FUNCTION = {id(onnx_native.BINARY[name]): name for name in ("eq", "lt", "le", "gt", "ge")}
 _UNARY_BY_FUNCTION = {id(function): name for name, function in onnx_native.UNARY.items()}
 
 
@@ -73,6 +74,11 @@ def _onnx2torch(module: nn.Module) -> tuple[str, dict] | None:
             return None  # opset-1 axis broadcasting: not in the whitelist
         function = getattr(get("math_op_function"), "__name__", None) if kind != "OnnxPow" else "pow"
         return ("BinaryOp", {"op": _BINARY.get(function, function)}) if function in (*_BINARY, "pow") else None
+    if kind == "OnnxCompare":
+        name = _COMPARE_BY_FUNCTION.get(id(get("compare_function")))
+        return ("BinaryOp", {"op": name}) if name else None
+    if kind == "OnnxMod" and get("fmod") in (0, 1):
+        return "BinaryOp", {"op": "fmod" if get("fmod") else "remainder"}
     if kind == "OnnxFunction":
         name = _UNARY_BY_FUNCTION.get(id(get("function")))
         return ("UnaryOp", {"op": name}) if name else None
@@ -80,7 +86,9 @@ def _onnx2torch(module: nn.Module) -> tuple[str, dict] | None:
               "OnnxNeg": ("UnaryOp", {"op": "neg"}), "OnnxReciprocal": ("UnaryOp", {"op": "reciprocal"}),
               "OnnxMatMul": ("MatMul", {}), "OnnxGlobalAveragePool": ("GlobalAveragePool", {}),
               "OnnxGlobalAveragePoolWithKnownInputShape": ("GlobalAveragePool", {}), "OnnxReshape": ("Reshape", {}),
-              "OnnxSlice": ("Slice", {}), "OnnxCopyIdentity": ("Copy", {})}
+              "OnnxSlice": ("Slice", {}), "OnnxCopyIdentity": ("Copy", {}), "OnnxPReLU": ("PReLU", {}),
+              "OnnxExpand": ("Expand", {}), "OnnxSqueezeDynamicAxes": ("SqueezeDynamic", {}),
+              "OnnxWhere": ("Where", {})}
     if kind in simple:
         return simple[kind]
     if kind == "OnnxGemm":
@@ -90,14 +98,15 @@ def _onnx2torch(module: nn.Module) -> tuple[str, dict] | None:
         return "Reduce", {"op": _REDUCE[get("operation_type")], "axes": get("axes"), "keepdims": get("keepdims")}
     if kind == "OnnxCast":
         return "Cast", {"dtype": dtype_name(get("torch_dtype"), "Cast")}
-    if kind == "OnnxConstant" and not module._modules and set(module._buffers) == {"value"}:
-        return "Constant", _tensors_config(module)
+    if kind in ("OnnxConstant", "OnnxConstantOfShape") and not module._modules and set(module._buffers) == {"value"}:
+        return kind[4:], _tensors_config(module)
     arguments = {"OnnxFlatten": ("FlattenAt", {"axis": get("axis")}),
                  "OnnxTranspose": ("Permute", {"perm": get("perm")}),
                  "OnnxShape": ("Shape", {"start": get("_start"), "end": get("_end")}),
                  "OnnxGather": ("Gather", {"axis": get("_axis")}),
                  "OnnxConcat": ("Concat", {"axis": get("axis")}),
                  "OnnxClip": ("Clamp", {"min": get("min_val"), "max": get("max_val")}),
+                 "OnnxPadDynamic": ("PadDynamic", {"mode": get("mode")}),
                  "OnnxPadStatic": ("Pad", {"pads": get("pads"), "mode": get("mode"), "value": get("constant_value")}),
                  "OnnxHardSigmoid": ("HardSigmoid", {"alpha": get("alpha"), "beta": get("beta")}),
                  "OnnxSoftmaxV1V11": ("FlatSoftmax", {"axis": get("axis"), "log": get("is_log")}),

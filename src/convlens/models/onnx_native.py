@@ -46,7 +46,9 @@ def _onnx_div(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
     return torch.div(first, second, rounding_mode="trunc")  # ONNX integer division truncates
 
 
-BINARY = {"add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": _onnx_div, "pow": torch.pow}
+BINARY = {"add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": _onnx_div, "pow": torch.pow,
+          "fmod": torch.fmod, "remainder": torch.remainder, "eq": torch.eq, "lt": torch.less,
+          "le": torch.less_equal, "gt": torch.greater, "ge": torch.greater_equal}
 UNARY = {"abs": torch.abs, "acos": torch.acos, "asin": torch.asin, "atan": torch.atan, "cos": torch.cos,
          "exp": torch.exp, "log": torch.log, "sign": torch.sign, "sin": torch.sin, "tan": torch.tan,
          "tanh": torch.tanh, "erf": torch.erf, "sqrt": torch.sqrt, "reciprocal": torch.reciprocal,
@@ -55,7 +57,7 @@ REDUCE = {"mean": torch.mean, "sum": torch.sum, "max": torch.amax, "min": torch.
 
 
 class BinaryOp(nn.Module):
-    """ONNX ``Add`` / ``Sub`` / ``Mul`` / ``Div`` / ``Pow`` (numpy broadcasting)."""
+    """ONNX ``Add`` / ``Sub`` / ``Mul`` / ``Div`` / ``Pow`` / ``Mod`` and the comparisons (numpy broadcasting)."""
 
     def __init__(self, op: str):
         super().__init__()
@@ -258,6 +260,41 @@ class Pad(nn.Module):
         return {"pads": self.pads, "mode": self.mode, "value": self.value}
 
 
+def _torch_pads(onnx_pads: list[int], mode: str) -> list[int]:
+    """ONNX's ``[x1_begin, x2_begin, ..., x1_end, x2_end, ...]`` as ``F.pad``'s last-axis-first pairs."""
+    middle = len(onnx_pads) // 2
+    pads = []
+    for begin, end in zip(onnx_pads[:middle][::-1], onnx_pads[middle:][::-1], strict=True):
+        pads.extend([begin, end])
+    if mode in ("replicate", "reflect"):
+        if set(pads[-4:]) != {0}:
+            raise RuntimeError(f"{mode} padding pads only the spatial axes")
+        return pads[:-4]
+    return pads
+
+
+class PadDynamic(nn.Module):
+    """ONNX ``Pad`` (opset 11+) with the pads a tensor of the graph (what ``F.pad`` exports to)."""
+
+    def __init__(self, mode: str = "constant"):
+        super().__init__()
+        self.mode = mode
+
+    def forward(self, x, pads, constant_value=0.0):
+        return torch.nn.functional.pad(x, mode=self.mode, pad=_torch_pads(pads.tolist(), self.mode),
+                                       value=constant_value)
+
+    def config(self) -> dict:
+        return {"mode": self.mode}
+
+
+class Expand(nn.Module):
+    """ONNX ``Expand``: broadcast to a shape given as a tensor of the graph."""
+
+    def forward(self, x, shape):
+        return x * torch.ones(torch.Size(shape), dtype=x.dtype, device=x.device)
+
+
 class HardSigmoid(nn.Module):
     def __init__(self, alpha: float = 0.2, beta: float = 0.5):
         super().__init__()
@@ -303,6 +340,22 @@ class Squeeze(nn.Module):
         return {"axes": self.axes}
 
 
+class SqueezeDynamic(nn.Module):
+    """ONNX ``Squeeze`` (opset 13+) with the axes a tensor of the graph."""
+
+    def forward(self, x, axes=None):
+        if axes is None or axes.nelement() == 0:
+            return torch.squeeze(x)
+        for axis in torch.sort(axes, descending=True).values:
+            x = torch.squeeze(x, dim=axis)
+        return x
+
+
+class Where(nn.Module):
+    def forward(self, condition, x, y):
+        return torch.where(condition, x, y)
+
+
 class Unsqueeze(nn.Module):
     def __init__(self, axes: list[int]):
         super().__init__()
@@ -332,6 +385,18 @@ class Reduce(nn.Module):
 
     def config(self) -> dict:
         return {"op": self.op, "axes": self.axes, "keepdims": self.keepdims}
+
+
+class PReLU(nn.Module):
+    """ONNX ``PRelu`` with its slope a tensor of the graph."""
+
+    def forward(self, x, slope):
+        if slope.nelement() == 1 or (slope.shape[0] == x.shape[1] and all(s == 1 for s in slope.shape[1:])):
+            return nn.functional.prelu(x, weight=slope.view(-1))
+        output = x.clone() * slope
+        mask = x >= 0
+        output[mask] = x[mask]
+        return output
 
 
 class Copy(nn.Module):
@@ -367,6 +432,16 @@ class Constant(Tensors):
         return self.value
 
 
+class ConstantOfShape(Tensors):
+    """ONNX ``ConstantOfShape``: a tensor of the shape given, filled with the scalar buffer ``value``."""
+
+    def forward(self, shape):
+        fill = self.value.item()
+        return torch.full(size=torch.Size(shape), fill_value=int(fill) if isinstance(fill, bool) else fill,
+                          dtype=self.value.dtype, device=self.value.device)
+
+
 MODULES = {cls.__name__: cls for cls in (BinaryOp, UnaryOp, MatMul, Gemm, GlobalAveragePool, FlattenAt, Reshape,
                                          Permute, Shape, Gather, Cast, Slice, Concat, Clamp, Pad, HardSigmoid,
-                                         FlatSoftmax, Squeeze, Unsqueeze, Reduce, Copy, Tensors, Constant)}
+                                         FlatSoftmax, Squeeze, Unsqueeze, Reduce, PReLU, Copy, Tensors, Constant,
+                                         PadDynamic, Expand, ConstantOfShape, SqueezeDynamic, Where)}
