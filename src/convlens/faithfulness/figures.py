@@ -43,7 +43,8 @@ def ranking_figure(result):
     if missing:
         title += f"\nnot applicable: {', '.join(missing)}"
     figure.suptitle(title, fontsize=10)
-    figure.tight_layout()
+    # keep the title's lines clear of the first row's panel titles (tight_layout alone lets them overlap)
+    figure.tight_layout(rect=(0, 0, 1, 1 - (0.25 + 0.18 * title.count("\n")) / (height * lines)))
     return figure
 
 
