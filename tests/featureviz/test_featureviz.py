@@ -157,21 +157,32 @@ def baseline_checkpoint(folder) -> str:
     return str(folder)
 
 
-def test_cli_writes_the_api_numbers(tmp_path):
+@pytest.mark.parametrize("transforms", ["lucid", "scaled"])
+def test_cli_writes_the_api_numbers(tmp_path, transforms):
     from convlens.cli import main
 
     checkpoint = baseline_checkpoint(tmp_path / "run")
     try:
         main(["featureviz", checkpoint, "--layer", "relu3", "--units", "0:3,7", "--steps", "4",
-              "--out", str(tmp_path / "out")])
+              "--transforms", transforms, "--out", str(tmp_path / "out")])
     except SystemExit as exit_info:
         assert exit_info.code in (0, None)
     saved = np.load(tmp_path / "out" / "arrays.npz")
     model = convlens.load_model(checkpoint, device="cpu")
-    api = feature_viz(model, "relu3", [0, 1, 2, 7], steps=4).arrays()
+    robustness = Robustness() if transforms == "lucid" else Robustness(pad=2, jitter=2, jitter_after=1)
+    api = feature_viz(model, "relu3", [0, 1, 2, 7], steps=4, robustness=robustness).arrays()
     for name in ("images", "input", "reached", "units"):
         np.testing.assert_allclose(saved[name], api[name], atol=1e-6, err_msg=name)
     assert {"units.png", "curves.png", "summary.json"} <= {p.name for p in (tmp_path / "out").iterdir()}
+
+
+def test_scaled_transforms_follow_the_image_side():
+    """Lucid's pixel values (pad 12, largest shifts 7 and 3) at 224 px, and in proportion below."""
+    assert Robustness.scaled(224) == Robustness()
+    small = Robustness.scaled(32)  # 12/7, 7/7 and 3/7 px, rounded
+    assert (small.pad, small.jitter - 1, small.jitter_after - 1) == (2, 1, 0)
+    assert (small.scales, small.angles) == (Robustness().scales, Robustness().angles)
+    assert Robustness.scaled(112) == Robustness(pad=6, jitter=5, jitter_after=3)  # 6, 3.5 -> 4, 1.5 -> 2
 
 
 @pytest.mark.slow

@@ -46,6 +46,16 @@ def parse_units(text: str | None) -> list[int] | None:
     return units
 
 
+TRANSFORMS = ("lucid", "scaled", "none")
+
+
+def robustness(name: str, side: int):
+    """The ``--transforms`` choice as a ``Robustness`` for images of ``side`` pixels."""
+    from convlens.featureviz import Robustness
+
+    return {"lucid": Robustness, "none": Robustness.none, "scaled": lambda: Robustness.scaled(side)}[name]()
+
+
 @app.command("featureviz")
 def featureviz_command(
     model: ModelArg,
@@ -61,6 +71,10 @@ def featureviz_command(
     steps: Annotated[int, typer.Option("--steps", min=1, max=100_000, help="Adam steps.")] = 512,
     size: Annotated[int | None, typer.Option(
         "--size", min=8, max=1024, help="Image side in pixels (default: the model's input size).")] = None,
+    transforms: Annotated[str, typer.Option(
+        "--transforms", help="Transformation robustness: lucid (Lucid's pad 12, jitter 8 and 4 px, scale, "
+                             "rotation), scaled (the pad and jitters scaled from 224 px to the image size: small "
+                             "inputs), none.")] = "lucid",
     diversity: Annotated[int, typer.Option(
         "--diversity", min=1, max=16, help="Images per unit, pushed apart by a Gram-matrix penalty.")] = 1,
     reference: Annotated[list[Path] | None, typer.Option(
@@ -79,10 +93,13 @@ def featureviz_command(
     from convlens.featureviz import feature_viz
     from convlens.output import check_out
 
+    if transforms not in TRANSFORMS:
+        raise ConvlensError(f"--transforms {transforms!r}: choose one of {', '.join(TRANSFORMS)}")
     check_out(out, force=force)
     chosen = parse_units(units)
     classifier = open_model(model, weights, device, classes, preprocess)
     result = feature_viz(classifier, layer, chosen, objective=objective, steps=steps, size=size,
+                         robustness=robustness(transforms, size or min(classifier.input_size)),
                          diversity=diversity, reference=list(reference) if reference else None, seed=seed,
                          batch_size=batch_size, progress=True)
     done(result.save(out, force=force))
