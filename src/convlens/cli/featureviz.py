@@ -46,16 +46,6 @@ def parse_units(text: str | None) -> list[int] | None:
     return units
 
 
-TRANSFORMS = ("lucid", "scaled", "none")
-
-
-def robustness(name: str, side: int):
-    """The ``--transforms`` choice as a ``Robustness`` for images of ``side`` pixels."""
-    from convlens.featureviz import Robustness
-
-    return {"lucid": Robustness, "none": Robustness.none, "scaled": lambda: Robustness.scaled(side)}[name]()
-
-
 @app.command("featureviz")
 def featureviz_command(
     model: ModelArg,
@@ -90,16 +80,15 @@ def featureviz_command(
     force: ForceOpt = False,
 ) -> None:
     """The image each unit responds to most (Lucid's recipe), beside its best natural images when given."""
-    from convlens.featureviz import feature_viz
+    from convlens.featureviz import feature_viz, named_robustness
     from convlens.output import check_out
 
-    if transforms not in TRANSFORMS:
-        raise ConvlensError(f"--transforms {transforms!r}: choose one of {', '.join(TRANSFORMS)}")
+    named_robustness(transforms, 32)  # an unknown name: one line before the model loads
     check_out(out, force=force)
     chosen = parse_units(units)
     classifier = open_model(model, weights, device, classes, preprocess)
     result = feature_viz(classifier, layer, chosen, objective=objective, steps=steps, size=size,
-                         robustness=robustness(transforms, size or min(classifier.input_size)),
+                         robustness=named_robustness(transforms, size or min(classifier.input_size)),
                          diversity=diversity, reference=list(reference) if reference else None, seed=seed,
                          batch_size=batch_size, progress=True)
     done(result.save(out, force=force))

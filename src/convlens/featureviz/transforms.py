@@ -69,3 +69,16 @@ class Robustness:
         theta = theta.to(images.device, images.dtype)
         grid = F.affine_grid(theta, list(images.shape), align_corners=False)
         return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+TRANSFORMS = ("lucid", "scaled", "none")
+
+
+def named_robustness(name: str, side: int) -> Robustness:
+    """``lucid`` (Lucid's pixel values), ``scaled`` (those scaled to images of ``side`` pixels) or ``none``."""
+    makers = {"lucid": Robustness, "scaled": lambda: Robustness.scaled(side), "none": Robustness.none}
+    if name not in makers:
+        from convlens.errors import ConvlensError
+
+        raise ConvlensError(f"transforms {name!r}: choose one of {', '.join(TRANSFORMS)}")
+    return makers[name]()

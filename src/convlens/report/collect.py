@@ -30,6 +30,19 @@ class ImageEntry:
 
 
 @dataclass(frozen=True)
+class FeatureVizOptions:
+    """What ``report(feature_viz=...)`` optimises: on each of ``layers`` (None: every layer with pages), the
+    ``units`` strongest of its unit pages (None: every one), ``steps`` Adam steps at ``size`` px (None: the model's
+    input size), ``diversity`` images per unit (more than 1: Lucid's diversity set, shown on the unit page)."""
+
+    layers: tuple[str, ...] | None = None
+    units: int | None = None
+    steps: int = 512
+    size: int | None = None
+    diversity: int = 1
+
+
+@dataclass(frozen=True)
 class Options:
     layers: tuple[str, ...] | None = None  # None: the end of each stage (``featuremaps.default_layers``)
     units: int | None = 16  # unit pages per layer, strongest mean activation first; None: every unit
@@ -38,7 +51,7 @@ class Options:
     cam_layer: str | None = None
     details: int = 8  # images that get occlusion, invariance and deconv projections (long to compute)
     rule: str = "auto"  # deconv rule of the unit pages' projections (auto: guided on strided networks)
-    feature_viz: bool = False  # feature visualization of every unit with a page (long)
+    feature_viz: FeatureVizOptions | None = None  # feature visualization on the unit pages (long); None: none
     batch_size: int = 32
     max_cam_passes: int = 4096  # Score-CAM / Ablation-CAM beyond this many forward passes: a note (unless asked)
 
@@ -186,9 +199,14 @@ def _faithfulness(result: Collected, progress: ProgressLike) -> None:
 
 
 def _feature_viz(result: Collected, progress: ProgressLike) -> None:
+    plan = result.options.feature_viz
     paths = [entry.path for entry in result.images]
-    for name in result.layers:
-        result.feature_viz[name] = compute.feature_visualization(result.model, name, result.unit_pages[name], paths)
+    for name in result.layers if plan.layers is None else plan.layers:
+        pages = set(result.unit_pages[name])
+        strongest = [int(u) for u in result.scan.layers[name].ranking if int(u) in pages]
+        units = sorted(strongest if plan.units is None else strongest[:plan.units])
+        result.feature_viz[name] = compute.feature_visualization(
+            result.model, name, units, paths, steps=plan.steps, size=plan.size, diversity=plan.diversity)
 
 
 def arrays(result: Collected) -> dict[str, np.ndarray]:

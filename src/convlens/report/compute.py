@@ -196,9 +196,10 @@ def faithfulness(model: ImageClassifier, inputs: torch.Tensor, method: str = "gr
         return f"faithfulness scores could not be computed: {exc}"
 
 
-def feature_visualization(model: ImageClassifier, layer: str, units: Sequence[int], reference=None):
+def feature_visualization(model: ImageClassifier, layer: str, units: Sequence[int], reference=None, **options):
     """Feature visualizations of ``units`` of ``layer`` (one batch), compared with the natural ``reference``
-    images where given; or a ``str`` saying why there are none."""
+    images where given (``options``: ``feature_viz``'s steps, size, diversity); or a ``str`` saying why there are
+    none."""
     import convlens
 
     try:
@@ -206,7 +207,7 @@ def feature_visualization(model: ImageClassifier, layer: str, units: Sequence[in
     except (ImportError, AttributeError):
         return "feature visualization is not part of this convlens version yet (`convlens.feature_viz`)"
     try:
-        return function(model, layer, list(units), reference=reference)
+        return function(model, layer, list(units), reference=reference, **options)
     except (ConvlensError, TypeError, ValueError, RuntimeError) as exc:
         return f"feature visualization could not be computed: {exc}"
 
