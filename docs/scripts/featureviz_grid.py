@@ -1,7 +1,7 @@
 """The figures of docs/featureviz.md: per layer, units' feature visualizations beside their top-9 image patches.
 
-    python docs/scripts/featureviz_grid.py MODEL --images DIR [DIR ...] --layers L1 L2 L3 --out PREFIX \
-        [--units 8] [--steps 512] [--size PX] [--transforms lucid|scaled|none] [--weights ... --classes ...]
+    python docs/scripts/featureviz_grid.py MODEL --images DIR [DIR ...] [--skimage-photos] --layers L1 L2 L3 \
+        --out PREFIX [--units 8] [--steps 512] [--size PX] [--transforms lucid|scaled|none] [--weights ...]
 
 Byte-identical image files are counted once (the leaf data's validation folder repeats 172 training files), so
 a top-9 does not show one photo twice. Per layer, the units drawn are the ``--units`` strongest by the mean of
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("model")
     parser.add_argument("--images", nargs="+", required=True)
+    parser.add_argument("--skimage-photos", action="store_true",
+                        help="add scikit-image's coffee, chelsea, astronaut and rocket (as the demo writes them)")
     parser.add_argument("--layers", nargs="+", required=True)
     parser.add_argument("--out", required=True, help="prefix of the PNG files")
     parser.add_argument("--units", type=int, default=8)
@@ -61,6 +64,10 @@ def main() -> None:
     options = {key: value for key in ("weights", "classes", "preprocess") if (value := getattr(args, key))}
     model = convlens.load_model(args.model, device="cpu", **options)
     paths = distinct_images(args.images)
+    if args.skimage_photos:
+        from convlens.demo import sample_photos
+
+        paths += sample_photos(Path(tempfile.mkdtemp(prefix="convlens-photos-")))
     print(json.dumps({"model": args.model, "distinct_images": len(paths)}))
     for layer in args.layers:
         units = strongest_units(model, paths, layer, args.units)

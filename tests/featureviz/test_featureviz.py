@@ -197,3 +197,26 @@ def test_default_model_visualizations_beat_the_best_photos(default_model, sample
     assert result.natural.count == len(photos)
     assert result.beats_natural.all(), result.summary()["units"]
     assert result.summary()["flagged_units"] == []
+
+
+def test_examples_figure_puts_each_units_patches_beside_its_image(sample_photos):
+    from convlens.featureviz.figures import examples_figure
+
+    torch.manual_seed(0)
+    model = convlens.load_model("baseline:32", device="cpu")
+    result = feature_viz(model, "conv3", [0, 5], steps=2, reference=sample_photos[:3])
+    top = convlens.top_activations(model, sample_photos[:3], "conv3", units=[5, 0], k=9)  # the other order
+    axes = examples_figure(result, top).axes
+    assert len(axes) == 2 * (1 + 9)
+    for block, unit in enumerate(result.units):
+        shown = axes[block * 10]
+        np.testing.assert_allclose(shown.images[0].get_array(), result.images[block, 0].permute(1, 2, 0).numpy())
+        assert shown.get_title(loc="left").startswith(f"unit {unit}, reached {float(result.reached[block, 0]):.3g}")
+        row = list(top.units).index(unit)
+        for rank in range(9):
+            images = axes[block * 10 + 1 + rank].images
+            assert len(images) == (rank < 3)  # three photos: three patches, six empty slots
+            if images:
+                np.testing.assert_allclose(images[0].get_array(), top.patches[row, rank])
+    with pytest.raises(ValueError, match=r"units \[0\] have no top-k patches"):
+        examples_figure(result, convlens.top_activations(model, sample_photos[:3], "conv3", units=[5], k=9))
