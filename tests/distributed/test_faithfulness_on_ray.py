@@ -75,3 +75,30 @@ def test_faithfulness_on_two_workers_equals_in_process(ray_instance, checkpoint_
     assert (tmp_path / "ray" / "ranking.png").is_file() and (tmp_path / "ray" / "maps.png").is_file()
     table = read_shards(tmp_path / "ray")
     assert table.column("index").to_pylist() == list(range(10)) and "map.gradcam" in table.column_names
+
+
+def test_cli_on_ray_then_resumed(ray_instance, checkpoint_model, scored_folder, tmp_path, capsys):
+    """``convlens faithfulness --ray local`` (joining the running Ray) writes the table; run again with --resume
+    it computes nothing and writes the same table."""
+    from convlens.cli import main
+
+    root, _ = scored_folder
+    out = tmp_path / "faith"
+    arguments = ["faithfulness", checkpoint_model.spec, str(root), "--out", str(out), "--methods", "gradcam,center",
+                 "--metrics", "deletion,drop", "--ray", "local", "--device", "cpu"]
+    def run(extra=()):
+        with pytest.raises(SystemExit) as exit_code:
+            main([*arguments, *extra])
+        assert exit_code.value.code == 0
+        printed = capsys.readouterr()
+        return printed.out + printed.err
+
+    assert "skipped" in run()  # the unreadable file, in one line
+    first = (out / "table.csv").read_text()
+    local = convlens.faithfulness(checkpoint_model, [str(p) for p in readable(root)], methods="gradcam,center",
+                                  metrics="deletion,drop")
+    np.testing.assert_allclose(json.loads((out / "summary.json").read_text())["table"][0]["deletion"]["mean"],
+                               local.score("gradcam", "deletion"), rtol=1e-6)
+
+    assert "resumed: 1 of 1 shards were already done, 0 images computed now" in run(["--resume"])
+    assert (out / "table.csv").read_text() == first
