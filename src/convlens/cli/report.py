@@ -16,7 +16,6 @@ from convlens.cli.common import (
     LayerOpt,
     ModelArg,
     PreprocessOpt,
-    RayOpt,
     RayWorkersOpt,
     WeightsOpt,
     console,
@@ -58,7 +57,9 @@ def report_command(
     classes: ClassesOpt = None,
     preprocess: PreprocessOpt = None,
     device: DeviceOpt = "auto",
-    ray: RayOpt = None,
+    ray: Annotated[str | None, typer.Option(
+        "--ray", metavar="local|auto|ADDRESS", help="Run the pass over the images on Ray: local starts Ray on this "
+        "machine, auto or an address joins a cluster (needs convlens[ray]); the same report.")] = None,
     workers: RayWorkersOpt = 1,
     gpus_per_worker: GpusPerWorkerOpt = 0.0,
 ) -> None:
