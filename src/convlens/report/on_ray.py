@@ -2,11 +2,12 @@
 
 Each actor runs the pass's forward on its batches (the batches start where the in-process pass's start, so the
 activations agree to the last bit) and returns per image and layer: every unit's strongest activation and its
-position (the top-k rows of ``distributed.topk``), its mean activation, the strongest channels' uint8 tiles and
-the activation histogram, plus the class probabilities. The driver folds the top-k rows shard after shard with
-``distributed.topk.fold_shards`` (the in-process table's order), stacks the rest in image order and sums the
-histograms. The histogram's bin edges come from the first batch, as in-process: the driver runs the in-process
-pass on that one batch first (which also counts how often each layer runs per forward).
+position (the top-k rows of ``distributed.topk``), its mean activation and the strongest channels' uint8 tiles,
+plus the class probabilities; each batch's activation histogram rides on its first row. The driver folds the
+top-k rows shard after shard with ``distributed.topk.fold_shards`` (the in-process table's order), stacks the
+rest in image order and sums the histograms. The histogram's bin edges come from the first batch, as
+in-process: the driver runs the in-process pass on that one batch first (which also counts how often each layer
+runs per forward).
 """
 
 from __future__ import annotations
@@ -59,11 +60,12 @@ class ReportScanJob:
         means = flat.mean(dim=2)
         accumulator._tiles(output, means)
         accumulator.edges = torch.from_numpy(self.edges[name])
-        histograms = []
-        for image in range(len(flat)):  # per image: the driver sums them (integers, in any order)
-            accumulator.counts = torch.zeros(flat.shape[1] * len(accumulator.edges[1:]), dtype=torch.long)
-            accumulator._histogram(flat[image:image + 1])
-            histograms.append(accumulator.counts.view(flat.shape[1], -1).numpy())
+        accumulator.counts = torch.zeros(flat.shape[1] * (len(accumulator.edges) - 1), dtype=torch.long)
+        accumulator._histogram(flat)
+        # the batch's histogram rides on its first image's row (the others hold none): the driver sums them,
+        # integers in any order; one per image would weigh channels x bins x 8 bytes per image
+        histograms = [accumulator.counts.view(flat.shape[1], -1).numpy()]
+        histograms += [np.zeros(0, dtype=np.int64)] * (len(flat) - 1)
         return {f"values/{name}": list(values.cpu().numpy()), f"positions/{name}": list(positions.cpu().numpy()),
                 f"means/{name}": list(means.cpu().numpy()), f"histogram/{name}": histograms,
                 f"tiles/{name}": list(accumulator.tiles[0].numpy()),
@@ -99,15 +101,25 @@ def scan_on_ray(model: ImageClassifier, paths: Sequence[Path], layers: Sequence[
         empty = TopKTable.empty(name, range(head.channels), k, head.map_size, head.channels, head.calls,
                                 keep_inputs=False)
         top = fold_shards(empty, shards, f"values/{name}", f"positions/{name}")
-        kinds = ["means", "values", "histogram", "tiles", "ranges", "channels"]
+        kinds = ["means", "values", "tiles", "ranges", "channels"]
         arrays = column_arrays(table, [f"{kind}/{name}" for kind in kinds])
         scan.layers[name] = LayerScan(
             name, head.channels, head.map_size, head.calls, arrays[f"means/{name}"], arrays[f"values/{name}"],
             replace(top, inputs=kept), paths, head.histogram_edges,
-            arrays[f"histogram/{name}"].sum(axis=0, dtype=np.int64), arrays[f"channels/{name}"],
+            summed_histograms(table, f"histogram/{name}"), arrays[f"channels/{name}"],
             arrays[f"tiles/{name}"], arrays[f"ranges/{name}"])
     scan.seconds = time.perf_counter() - start
     return scan
+
+
+def summed_histograms(table, name: str) -> np.ndarray:
+    """The sum of the batches' histograms (``channels x bins``, int64), each on its batch's first row."""
+    total = None
+    for flat, shape in zip(table.column(name).to_pylist(), table.column(f"{name}.shape").to_pylist(), strict=True):
+        if flat:
+            counts = np.asarray(flat, dtype=np.int64).reshape(shape)
+            total = counts if total is None else total + counts
+    return total
 
 
 def kept_inputs(model: ImageClassifier, paths: list[Path], batch_size: int) -> torch.Tensor | None:
