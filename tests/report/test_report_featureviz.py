@@ -99,3 +99,32 @@ def test_feature_viz_options_are_checked_before_work(tiny_model, sample_photos):
             layers=("fc1",)))
     with pytest.raises(ConvlensError, match="at least 1"):
         convlens.report(tiny_model, sample_photos[:1], feature_viz=FeatureVizOptions(steps=0))
+
+
+def _cli(arguments: list[str]) -> int:
+    from convlens.cli import main
+
+    try:
+        main(arguments)
+    except SystemExit as exit_info:
+        return exit_info.code or 0
+    return 0
+
+
+def test_cli_options_reach_the_report(tiny_model, sample_photos, tmp_path, capsys):
+    import json
+
+    weights = tmp_path / "tiny.pt"
+    torch.save(tiny_model.module.state_dict(), weights)
+    common = ["report", "baseline:32", str(sample_photos[0]), "--weights", str(weights), "--units", "2",
+              "--details", "0", "--method", "gradcam", "--device", "cpu", "--layer", "relu2", "--layer", LAYER]
+    code = _cli(common + ["--out", str(tmp_path / "no"), "--feature-viz", "--feature-viz-layer", "fc1"])
+    assert code == 2 and "'fc1' has no pages" in capsys.readouterr().err
+    assert not (tmp_path / "no").exists()
+    code = _cli(common + ["--out", str(tmp_path / "r"), "--feature-viz", "--feature-viz-layer", LAYER,
+                          "--feature-viz-units", "1", "--feature-viz-steps", "3", "--feature-viz-diversity", "2"])
+    assert code == 0, capsys.readouterr().err
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["parameters"]["feature_viz"] == {"layers": [LAYER], "units": 1, "steps": 3, "size": None,
+                                                    "diversity": 2}
+    assert len(summary["feature_viz"][LAYER]["units"]) == 1 and list(summary["feature_viz"]) == [LAYER]
