@@ -149,7 +149,8 @@ def create_app(model: ImageClassifier, images: list[Path] | None = None, *, work
             cached = False
             description = f"{request.method} on {stored.name}"
             result = await pool.run(description, lambda m, progress: explaining.explain(
-                m, stored.path, request.method, request.layer, request.unit, target, progress, default_layers))
+                m, stored.path, request.method, request.layer, request.unit, target, progress, default_layers,
+                stored.name))
             cache.put(key, result)
         wanted = request.arrays if request.arrays is not None else list(result.arrays)
         missing = [name for name in wanted if name not in result.arrays]

@@ -55,7 +55,7 @@ def default_layer(model: ImageClassifier, method: str, known: dict[str, str | li
 
 
 def explain(model: ImageClassifier, image_path, method: str, layer: str | None, unit: int | None, target,
-            progress, default_layers: dict | None = None) -> Explained:
+            progress, default_layers: dict | None = None, name: str | None = None) -> Explained:
     """The result of ``method`` on one image. Maps of the input are drawn (PIL) only when the figure is asked
     for; matplotlib figures (occlusion, feature maps) are drawn here, on the worker that owns this model."""
     if method not in methods():
@@ -74,7 +74,7 @@ def explain(model: ImageClassifier, image_path, method: str, layer: str | None, 
         result = compute.unit_projection(model, inputs, layer, unit, method)
         draw = partial(_projection_png, result.arrays()["projection"][0])
     elif method == "occlusion":
-        result = compute.occlusion(model, inputs, str(image_path), target=target, progress=progress)
+        result = compute.occlusion(model, inputs, name or str(image_path), target=target, progress=progress)
         draw = _drawn(_figure_png(result.figures()["occlusion"]))
     else:
         if layer is None:
