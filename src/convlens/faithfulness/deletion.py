@@ -7,7 +7,9 @@ to zero in the model's normalised input space; insertion starts from a blurred c
 the original pixels back. The score after ``k`` steps is the softmax probability of the explained class; the
 curve has ``ceil(HW / step) + 1`` points and its area is the trapezoid rule on [0, 1]. ``step`` is 224 pixels at
 224 x 224, scaled with the area otherwise. Every (image, step) input is built from the pixel ranks in one
-vectorised ``torch.where`` and the inputs run in batches.
+vectorised ``torch.where``. By default consecutive steps run on the step engine (``convlens.engine.stepwise``):
+each image's game is cut into segments, every segment's first input runs in full and the steps after it
+recompute only the positions the step's pixels can change; ``engine="batched"`` runs every input in full.
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ from torch import nn
 
 from convlens.errors import ConvlensError
 from convlens.faithfulness.perturb import class_probabilities
+from convlens.faithfulness.stepwise import stepwise_scores
 from convlens.progress import ProgressLike
 
 BLUR_SIZE, BLUR_SIGMA = 11, 5.0
 REFERENCE_AREA, REFERENCE_STEP = 224 * 224, 224
 MODES = ("deletion", "insertion")
+ENGINES = ("auto", "stepwise", "batched")
 
 
 def pixels_per_step(height: int, width: int) -> int:
@@ -62,10 +66,17 @@ def salience_ranks(maps: torch.Tensor) -> torch.Tensor:
 
 def causal_curves(module: nn.Module, inputs: torch.Tensor, maps: torch.Tensor, classes: torch.Tensor,
                   mode: str, step: int | None = None, batch_size: int = 64,
-                  progress: ProgressLike = False) -> torch.Tensor:
-    """``N x (steps + 1)`` class probabilities along the deletion or insertion game."""
+                  progress: ProgressLike = False, engine: str = "auto") -> torch.Tensor:
+    """``N x (steps + 1)`` class probabilities along the deletion or insertion game.
+
+    ``engine``: ``"stepwise"`` recomputes, from each step to the next, only what the changed pixels can change
+    (``convlens.engine.stepwise``; where the model's graph cannot be used, the batched loop runs instead);
+    ``"batched"`` runs every step's input in full, ``batch_size`` at a time; ``"auto"`` is ``"stepwise"``.
+    """
     if mode not in MODES:
         raise ConvlensError(f"unknown mode {mode!r}; use deletion or insertion")
+    if engine not in ENGINES:
+        raise ConvlensError(f"unknown engine {engine!r}; use {', '.join(ENGINES)}")
     count, _, height, width = inputs.shape
     area = height * width
     step = pixels_per_step(height, width) if step is None else int(step)
@@ -75,6 +86,11 @@ def causal_curves(module: nn.Module, inputs: torch.Tensor, maps: torch.Tensor, c
     substrate = torch.zeros_like(inputs) if mode == "deletion" else blurred(inputs)
     start, finish = (inputs, substrate) if mode == "deletion" else (substrate, inputs)
     ranks = salience_ranks(maps).to(inputs.device)
+    classes = classes.to(inputs.device)
+    if engine != "batched":
+        scores = stepwise_scores(module, start, finish, ranks, classes, step, progress, f"{mode}: steps")
+        if scores is not None:
+            return scores
     per_image = steps + 1
 
     def build(first: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,7 +99,7 @@ def causal_curves(module: nn.Module, inputs: torch.Tensor, maps: torch.Tensor, c
         replaced = (ranks[owners] < done[:, None]).view(-1, 1, height, width)
         return torch.where(replaced, finish[owners], start[owners]), owners
 
-    scores = class_probabilities(module, count * per_image, build, classes.to(inputs.device), batch_size,
+    scores = class_probabilities(module, count * per_image, build, classes, batch_size,
                                  progress, f"{mode}: perturbed inputs")
     return scores.view(count, per_image)
 
