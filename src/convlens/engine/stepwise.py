@@ -84,6 +84,9 @@ class StepEngine:
                       and (op := local_op(n, values, self.dependent, self.modules, self._run)) is not None}
         if not any(self.input_node in p.op.sources for p in self.plans.values()):
             raise NotTraceable("no local operation (convolution, pooling, pointwise) reads the input")
+        self.costs = {n: _cost(self.modules.get(n.target) if n.op == "call_module" else None, v)
+                      for n, v in values.items() if self.dependent[n] and isinstance(v, torch.Tensor)}
+        self.last_work = 1.0  # the share of a full pass's work the last step did (by multiply-adds, roughly)
         self.per_sequence_bytes = sum(v.numel() * v.element_size() for n, v in values.items()
                                       if self.dependent[n] and isinstance(v, torch.Tensor))
         self.state: dict[fx.Node, object] = {}
@@ -150,6 +153,7 @@ class StepEngine:
         inputs.permute(0, 2, 3, 1)[n, y, x] = pixels.to(inputs.dtype)
         changed[self.input_node] = _Change.of(mask) if len(n) else False
         self._fresh: dict[fx.Node, tuple[_Change, torch.Tensor]] = {}  # values recomputed in this step
+        work = 0.0
         for node in self.nodes:
             if not self.dependent[node] or node is self.input_node or node.op == "output":
                 continue
@@ -163,9 +167,12 @@ class StepEngine:
                 change = False  # the changes it reads do not reach any of its positions
             elif change is not None and len(change.n) <= DENSE_FRACTION * change.mask.numel():
                 self._recompute(node, plan, change)
+                work += self.costs.get(node, 0.0) * len(change.n) / change.mask.numel()
             else:
                 state[node] = self._run_full(node, state)
+                work += self.costs.get(node, 0.0)
             changed[node] = change
+        self.last_work = work / max(1e-12, sum(self.costs.values()))
         return model_output(self._output(state))
 
     def _changed(self, node: fx.Node, plan: _Plan, changes: list) -> _Change | None:
@@ -227,6 +234,16 @@ class StepEngine:
             window = window[:, ::rows.dilation, ::cols.dilation]
         out = window.reshape(len(n), -1) @ plan.weight
         return out if plan.bias is None else out + plan.bias
+
+
+def _cost(module: nn.Module | None, value: torch.Tensor) -> float:
+    """Multiply-adds of a node for one sequence, roughly: a layer's weights per output value, else one."""
+    per_value = 1.0
+    if isinstance(module, nn.Conv2d):
+        per_value = module.weight[0].numel()
+    elif isinstance(module, nn.Linear):
+        per_value = module.in_features
+    return float(value[0].numel()) * per_value
 
 
 def _reach(coordinate: torch.Tensor, geometry, size: int) -> tuple[torch.Tensor, torch.Tensor]:

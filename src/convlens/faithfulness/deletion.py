@@ -9,7 +9,8 @@ curve has ``ceil(HW / step) + 1`` points and its area is the trapezoid rule on [
 224 x 224, scaled with the area otherwise. Every (image, step) input is built from the pixel ranks in one
 vectorised ``torch.where``. By default consecutive steps run on the step engine (``convlens.engine.stepwise``):
 each image's game is cut into segments, every segment's first input runs in full and the steps after it
-recompute only the positions the step's pixels can change; ``engine="batched"`` runs every input in full.
+recompute only the positions the step's pixels can change, where that is a small share of the network (else,
+and with ``engine="batched"``, every input runs in full).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from torch import nn
 
 from convlens.errors import ConvlensError
 from convlens.faithfulness.perturb import class_probabilities
-from convlens.faithfulness.stepwise import stepwise_scores
+from convlens.faithfulness.stepwise import MAX_WORK, stepwise_scores
 from convlens.progress import ProgressLike
 
 BLUR_SIZE, BLUR_SIGMA = 11, 5.0
@@ -71,7 +72,8 @@ def causal_curves(module: nn.Module, inputs: torch.Tensor, maps: torch.Tensor, c
 
     ``engine``: ``"stepwise"`` recomputes, from each step to the next, only what the changed pixels can change
     (``convlens.engine.stepwise``; where the model's graph cannot be used, the batched loop runs instead);
-    ``"batched"`` runs every step's input in full, ``batch_size`` at a time; ``"auto"`` is ``"stepwise"``.
+    ``"batched"`` runs every step's input in full, ``batch_size`` at a time; ``"auto"`` is ``"stepwise"`` unless
+    its first step recomputes more than ``MAX_WORK`` of a full pass (then ``"batched"``).
     """
     if mode not in MODES:
         raise ConvlensError(f"unknown mode {mode!r}; use deletion or insertion")
@@ -88,7 +90,8 @@ def causal_curves(module: nn.Module, inputs: torch.Tensor, maps: torch.Tensor, c
     ranks = salience_ranks(maps).to(inputs.device)
     classes = classes.to(inputs.device)
     if engine != "batched":
-        scores = stepwise_scores(module, start, finish, ranks, classes, step, progress, f"{mode}: steps")
+        scores = stepwise_scores(module, start, finish, ranks, classes, step, progress, f"{mode}: steps",
+                                 max_work=MAX_WORK if engine == "auto" else None)
         if scores is not None:
             return scores
     per_image = steps + 1
