@@ -86,6 +86,10 @@ class RegionalEngine:
         full_bytes = [v.numel() * v.element_size() for n, v in values.items()
                       if self.dependent[n] and n not in self.regional and isinstance(v, torch.Tensor)]
         self.per_sample_bytes = ACTIVATION_COPIES * max(full_bytes, default=inputs.numel() * inputs.element_size())
+        # Held for the engine's life, whatever the batch: the clean maps pasted into and the padded maps read.
+        kept = [v for n, v in self.clean.items() if self.dependent[n] and isinstance(v, torch.Tensor)]
+        kept += [r.clean for r in self.reads.values() if r is not None]
+        self.kept_bytes = sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in kept}.values())
 
     def _plan_input_patches(self) -> None:
         """The input's box holds each variant's rectangle; where a rectangle is smaller than the box (cropped
