@@ -90,6 +90,9 @@ class StepEngine:
         self.per_sequence_bytes = sum(v.numel() * v.element_size() for n, v in values.items()
                                       if self.dependent[n] and isinstance(v, torch.Tensor))
         self.state: dict[fx.Node, object] = {}
+        # Positions recomputed but not yet written into a node's map: written when something reads the map (a
+        # window, a full run), skipped while the only reader takes the fresh values (conv -> batch norm -> ReLU).
+        self._pending: dict[fx.Node, list[tuple[torch.Tensor, torch.Tensor]]] = {}
 
     # -- planning --
 
@@ -137,6 +140,7 @@ class StepEngine:
     def reset(self, inputs: torch.Tensor) -> torch.Tensor:
         """Start ``len(inputs)`` sequences at these inputs; the model's output for them."""
         self.state = {**self.constants, **{n: v for n, v in self._full_pass(inputs).items() if self.dependent[n]}}
+        self._pending: dict[fx.Node, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         return model_output(self._output(self.state))
 
     # -- steps --
@@ -169,11 +173,23 @@ class StepEngine:
                 self._recompute(node, plan, change)
                 work += self.costs.get(node, 0.0) * len(change.n) / change.mask.numel()
             else:
+                for source in sources:
+                    self._flush(source)
                 state[node] = self._run_full(node, state)
+                self._pending.pop(node, None)
                 work += self.costs.get(node, 0.0)
             changed[node] = change
         self.last_work = work / max(1e-12, sum(self.costs.values()))
+        output = next(n for n in self.nodes if n.op == "output")
+        for source in output.all_input_nodes:
+            self._flush(source)
         return model_output(self._output(state))
+
+    def _flush(self, node: fx.Node) -> None:
+        """Write the node's pending positions into its map, oldest first."""
+        target = self.state.get(node)
+        for flat, values in self._pending.pop(node, ()):
+            _pixels(target).index_copy_(0, flat, values)
 
     def _changed(self, node: fx.Node, plan: _Plan, changes: list) -> _Change | None:
         """Output positions that read a changed value (None: unknown)."""
@@ -197,6 +213,9 @@ class StepEngine:
 
     def _recompute(self, node: fx.Node, plan: _Plan, change: _Change) -> None:
         n, oy, ox = change.n, change.y, change.x
+        for source in plan.op.sources:
+            if not (source in self._fresh and self._fresh[source][0] is change):
+                self._flush(source)  # read from its map
         sources = [self.state[s] for s in plan.op.sources]
         if plan.window:
             values = self._window(plan, sources[0], n, oy, ox)
@@ -210,7 +229,10 @@ class StepEngine:
         values = values.to(target.dtype)
         self._fresh[node] = (change, values)
         if _is_channels_last(target):
-            _pixels(target).index_copy_(0, (n * target.shape[2] + oy) * target.shape[3] + ox, values)
+            pending = self._pending.setdefault(node, [])
+            pending.append(((n * target.shape[2] + oy) * target.shape[3] + ox, values))
+            if sum(len(f) for f, _ in pending) > target.shape[0] * target.shape[2] * target.shape[3]:
+                self._flush(node)  # more pending than the map holds: write it
         else:
             target.permute(0, 2, 3, 1)[n, oy, ox] = values
 
@@ -219,21 +241,26 @@ class StepEngine:
         """The op at output positions ``(n, oy, ox)``: ``P x channels``."""
         rows, cols = plan.op.geometry
         height, width = source.shape[-2:]
-        row = oy[:, None] * rows.stride - rows.pad_lo + torch.arange(rows.reach + 1, device=oy.device)
-        col = ox[:, None] * cols.stride - cols.pad_lo + torch.arange(cols.reach + 1, device=ox.device)
-        flat = (n[:, None, None] * height + row.clamp(0, height - 1)[:, :, None]) * width + \
-            col.clamp(0, width - 1)[:, None, :]
-        window = _pixels(source).index_select(0, flat.flatten()).view(*flat.shape, -1)  # P x kh x kw x C
-        if rows.pad_lo or rows.pad_hi or cols.pad_lo or cols.pad_hi:  # windows over the border read padding
-            inside = ((row >= 0) & (row < height))[:, :, None] & ((col >= 0) & (col < width))[:, None, :]
-            border = (~inside).flatten(1).any(1).nonzero()[:, 0]
-            window[border] = window[border].masked_fill(~inside[border][..., None], plan.op.pad_value)
-        if plan.weight is None:
+        device = n.device
+        taps = plan.weight is not None  # a convolution reads only its taps; the other ops get the whole window
+        row_taps = torch.arange(0, rows.reach + 1, rows.dilation if taps else 1, device=device)
+        col_taps = torch.arange(0, cols.reach + 1, cols.dilation if taps else 1, device=device)
+        top, left = oy * rows.stride - rows.pad_lo, ox * cols.stride - cols.pad_lo
+        # Index of every tap: the window's first pixel plus a fixed offset, except for windows over the border.
+        flat = ((n * height + top) * width + left)[:, None] + (row_taps[:, None] * width + col_taps).flatten()
+        border = ((top < 0) | (top + rows.reach >= height) | (left < 0) | (left + cols.reach >= width)).nonzero()[:, 0]
+        if len(border):
+            row, col = top[border, None] + row_taps, left[border, None] + col_taps
+            flat[border] = ((n[border, None, None] * height + row.clamp(0, height - 1)[:, :, None]) * width
+                            + col.clamp(0, width - 1)[:, None, :]).flatten(1)
+        window = _pixels(source).index_select(0, flat.flatten()).view(len(n), len(row_taps), len(col_taps), -1)
+        if len(border) and (rows.pad_lo or rows.pad_hi or cols.pad_lo or cols.pad_hi):  # padding, not pixels
+            outside = ~(((row >= 0) & (row < height))[:, :, None] & ((col >= 0) & (col < width))[:, None, :])
+            window[border] = window[border].masked_fill(outside[..., None], plan.op.pad_value)
+        if not taps:
             return plan.op.apply([window.permute(0, 3, 1, 2)]).flatten(1)
-        if rows.dilation > 1 or cols.dilation > 1:
-            window = window[:, ::rows.dilation, ::cols.dilation]
-        out = window.reshape(len(n), -1) @ plan.weight
-        return out if plan.bias is None else out + plan.bias
+        window = window.view(len(n), -1)
+        return window @ plan.weight if plan.bias is None else torch.addmm(plan.bias, window, plan.weight)
 
 
 def _cost(module: nn.Module | None, value: torch.Tensor) -> float:
