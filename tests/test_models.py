@@ -143,3 +143,17 @@ def test_class_index_accepts_names_and_numbers(default_model):
     assert default_model.class_index("207") == 207
     with pytest.raises(ConvlensError, match="nearest: 'golden retriever'"):
         default_model.class_index("golden retriver")
+
+
+def test_checkpoint_files_follow_the_umask(tmp_path):
+    # safetensors alone creates its file 0600: a checkpoint shared with a group or a web server must be readable
+    import os
+
+
+    previous = os.umask(0o022)
+    try:
+        weights = save_checkpoint(tmp_path / "m", torch.nn.Linear(2, 2), {"architecture": "test"})
+    finally:
+        os.umask(previous)
+    assert weights.stat().st_mode & 0o777 == 0o644
+    assert weights.with_suffix(".json").stat().st_mode & 0o777 == 0o644

@@ -11,10 +11,12 @@ from convlens.cli.app import app
 from convlens.cli.common import (
     ClassesOpt,
     DeviceOpt,
+    GpusPerWorkerOpt,
     ImagesArg,
     LayerOpt,
     ModelArg,
     PreprocessOpt,
+    RayWorkersOpt,
     WeightsOpt,
     console,
     open_model,
@@ -55,14 +57,25 @@ def report_command(
     classes: ClassesOpt = None,
     preprocess: PreprocessOpt = None,
     device: DeviceOpt = "auto",
+    ray: Annotated[str | None, typer.Option(
+        "--ray", metavar="local|auto|ADDRESS", help="Run the pass over the images on Ray: local starts Ray on this "
+        "machine, auto or an address joins a cluster (needs convlens[ray]); the same report.")] = None,
+    workers: RayWorkersOpt = 1,
+    gpus_per_worker: GpusPerWorkerOpt = 0.0,
 ) -> None:
-    """A folder of HTML pages: the model card, a page per image, per layer and per unit; open OUT/index.html."""
+    """A folder of HTML pages: the model card, a page per image, per layer and per unit; open OUT/index.html.
+    With --ray the shared pass over the images (predictions, feature maps, top-k) runs on Ray workers."""
     from convlens.data.images import expand_image_args
     from convlens.report import report
 
+    if ray is not None:
+        from convlens.distributed import import_ray
+
+        import_ray()  # without the extra: one line naming it, before the model loads
     classifier = open_model(model, weights, device, classes, preprocess)
     result = report(classifier, expand_image_args(images), layers=layer, units=parse_units(units), k=k,
                     methods=method, cam_layer=cam_layer, details=details, rule=rule, feature_viz=feature_viz,
-                    batch_size=batch_size, progress=True)
+                    batch_size=batch_size, progress=True, ray=ray, workers=workers,
+                    gpus_per_worker=gpus_per_worker)
     result.save(out, progress=True)
     console.print(f"open [bold]{(out / 'index.html').resolve().as_uri()}[/bold]")

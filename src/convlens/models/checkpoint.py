@@ -28,8 +28,30 @@ def save_checkpoint(path: str | Path, module: nn.Module, metadata: dict) -> Path
     # safetensors refuses shared storage; contiguous clones keep the file self-contained.
     state = {key: value.detach().cpu().contiguous().clone() for key, value in module.state_dict().items()}
     save_file(state, str(weights_path))
+    _apply_umask(weights_path)
     path.with_suffix(".json").write_text(json.dumps({"format": FORMAT, **metadata}, indent=2))
     return weights_path
+
+
+def _apply_umask(path: Path) -> None:
+    """safetensors creates its file 0600; a checkpoint should be readable like every other file written."""
+    path.chmod(0o666 & ~_umask())
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux says it (os.umask alone sets it for a moment,
+    which other threads would see)."""
+    import os
+
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
 
 
 def find_checkpoint(path: str | Path) -> Path | None:

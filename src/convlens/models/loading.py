@@ -247,6 +247,10 @@ def build_architecture(architecture: str, num_classes: int, img_size: int | None
         from convlens.models.keras import build_from_config
 
         return build_from_config(**build_kwargs)
+    if architecture == "onnx":  # the ONNX model's graph, every module a native one; no onnx or onnx2torch needed
+        from convlens.models.onnx_graph import build_graph
+
+        return build_graph(build_kwargs.get("graph"))
     if architecture == "baseline":
         return BaselineCNN(num_classes, img_size or 32)
     if architecture == DEFAULT_SPEC:

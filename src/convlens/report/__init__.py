@@ -95,7 +95,8 @@ def report(model: ImageClassifier | str, images, out: str | Path | None = None, 
            units: int | None = 16,
            k: int = 9, methods: list[str] | None = None, cam_layer: str | None = None, details: int = 8,
            rule: str = "auto", feature_viz: bool = False, batch_size: int = 32,
-           progress: ProgressLike = False) -> Report:
+           progress: ProgressLike = False, ray: str | None = None, workers: int = 1,
+           gpus_per_worker: float = 0.0) -> Report:
     """Compute everything the report shows for ``images`` (files or folders); ``.save(out)`` writes it (at once
     when ``out`` is given).
 
@@ -104,7 +105,8 @@ def report(model: ImageClassifier | str, images, out: str | Path | None = None, 
     (default the eight classic ones) at ``cam_layer`` (default the last spatial convolution). ``details``: how
     many images get the long parts (occlusion, invariance, projections). ``rule``: deconv rule of the unit pages'
     projections (``auto``: guided on strided networks, deconvnet where only pooling downsamples).
-    ``feature_viz``: a feature visualization per unit page (long).
+    ``feature_viz``: a feature visualization per unit page (long). ``ray``: ``local``, ``auto`` or an address
+    runs the shared pass over the images on Ray (``workers`` actors, ``gpus_per_worker`` each; the same report).
     """
     from convlens.errors import ConvlensError
 
@@ -121,7 +123,12 @@ def report(model: ImageClassifier | str, images, out: str | Path | None = None, 
                       details, rule, feature_viz, batch_size)
     command = " ".join(shlex.quote(a) for a in ["convlens", *sys.argv[1:]]) if Path(sys.argv[0]).name in (
         "convlens", "__main__.py") else "convlens.report(...)"
-    result = Report(collect(model, images, options, progress), command)
+    ray_options = None
+    if ray is not None:
+        from convlens.distributed import RayOptions
+
+        ray_options = RayOptions(ray, workers, gpus_per_worker)
+    result = Report(collect(model, images, options, progress, ray_options), command)
     if out is not None:
         result.save(out, progress=progress)
     return result

@@ -84,7 +84,9 @@ def slugs(paths: Sequence[Path]) -> list[str]:
     return [f"{i:0{width}d}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', p.stem)[:40]}" for i, p in enumerate(paths)]
 
 
-def collect(model: ImageClassifier, images, options: Options, progress: ProgressLike = False) -> Collected:
+def collect(model: ImageClassifier, images, options: Options, progress: ProgressLike = False,
+            ray=None) -> Collected:
+    """``ray``: ``distributed.RayOptions`` to run the shared pass on Ray (``report.on_ray``; same scan)."""
     paths = image_paths(images)
     layers = list(options.layers) if options.layers else compute.default_layers(model)
     steps = ["scan", "examples", "cam", "details", "faithfulness"] + (["feature_viz"] if options.feature_viz else [])
@@ -94,7 +96,12 @@ def collect(model: ImageClassifier, images, options: Options, progress: Progress
     for step in track(steps, len(steps), "report", progress if callable(progress) else False):
         start = time.perf_counter()
         if step == "scan":
-            scan = shared_pass(model, paths, layers, options.k, options.batch_size, progress)
+            if ray is None:
+                scan = shared_pass(model, paths, layers, options.k, options.batch_size, progress)
+            else:
+                from convlens.report.on_ray import scan_on_ray
+
+                scan = scan_on_ray(model, paths, layers, options.k, options.batch_size, ray, progress)
             result = _start(model, paths, scan, layers, options)
         else:
             STEPS[step](result, progress)
