@@ -80,3 +80,26 @@ def test_a_model_that_does_not_trace_is_refused():
 
     with torch.inference_mode(), pytest.raises(NotTraceable):
         StepEngine(Branchy().eval(), torch.randn(1, 3, 16, 16))
+
+
+def test_a_model_that_views_a_convolution_runs_in_the_default_layout():
+    class Viewing(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.head = nn.Linear(4 * 8 * 8, 3)
+
+        def forward(self, x):
+            x = self.conv(x)
+            return self.head(x.view(x.shape[0], -1))
+
+    torch.manual_seed(0)
+    net, inputs = Viewing().eval(), torch.randn(2, 3, 8, 8)
+    with torch.inference_mode():
+        engine = StepEngine(net, inputs[:1])
+        assert engine.format == torch.contiguous_format
+        engine.reset(inputs.clone())
+        changed = inputs.clone()
+        changed[1, :, 3, 4] = 0
+        output = engine.advance(torch.tensor([1]), torch.tensor([3]), torch.tensor([4]), torch.zeros(1, 3))
+        torch.testing.assert_close(output, net(changed))

@@ -24,7 +24,6 @@ from torch import fx, nn
 
 from convlens.engine.batched import model_output
 from convlens.engine.ops import LocalOp, NotTraceable, local_op, mutates, run_node, trace
-from convlens.models.loading import preferred_memory_format
 
 # Above this share of a map's positions changed, a local node runs in full (gathering windows costs more).
 DENSE_FRACTION = 0.35
@@ -69,11 +68,10 @@ class StepEngine:
         if len(placeholders) != 1:
             raise NotTraceable(f"the traced graph takes {len(placeholders)} inputs, not one")
         self.input_node = placeholders[0]
-        self.format = preferred_memory_format(sample.device)
         self.dependent: dict[fx.Node, bool] = {}
         for node in self.nodes:
             self.dependent[node] = node.op == "placeholder" or any(self.dependent[a] for a in node.all_input_nodes)
-        values = self._full_pass(sample[:1])
+        values = self._first_pass(sample[:1])
         direct = model_output(net(sample[:1].contiguous(memory_format=self.format)))
         mine = model_output(self._output(values))
         scale = max(1.0, float(direct.abs().max()))
@@ -93,6 +91,19 @@ class StepEngine:
         # Positions recomputed but not yet written into a node's map: written when something reads the map (a
         # window, a full run), skipped while the only reader takes the fresh values (conv -> batch norm -> ReLU).
         self._pending: dict[fx.Node, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+
+    def _first_pass(self, sample: torch.Tensor) -> dict[fx.Node, object]:
+        """The graph on one input, its maps channels-last where the model allows (a position's channels then lie
+        together, which every gather and write reads), else in the default layout; ``NotTraceable`` when the
+        graph fails both ways (the plain loop then runs the model and reports any real error)."""
+        failure = ""
+        for memory_format in (torch.channels_last, torch.contiguous_format):
+            self.format = memory_format
+            try:
+                return self._full_pass(sample)
+            except Exception as error:  # noqa: BLE001 - e.g. x.view(...) after a convolution in channels-last
+                failure = f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:160]}"
+        raise NotTraceable(f"the traced graph fails to run ({failure})")
 
     # -- planning --
 
