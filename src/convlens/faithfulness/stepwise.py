@@ -46,32 +46,42 @@ def stepwise_scores(module: nn.Module, start: torch.Tensor, finish: torch.Tensor
             engine = StepEngine(module, start[:1])
         except NotTraceable:
             return None
+        order = torch.argsort(ranks, dim=1)  # the pixel of each rank
+        offsets = torch.arange(step, device=start.device)
+
+        def begin(owner: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+            """Start a sequence per (image, first point); the scores there."""
+            replaced = (ranks[owner] < (at * step)[:, None]).view(-1, 1, height, width)
+            return probabilities_of(engine.reset(torch.where(replaced, finish[owner], start[owner])), classes[owner])
+
+        def advance(owner: torch.Tensor, done: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
+            """Every live sequence one step on, to point ``done``; the scores of all."""
+            index = (done - 1)[:, None] * step + offsets  # the ranks this step replaces
+            sequence, column = (live[:, None] & (index < area)).nonzero(as_tuple=True)
+            pixel = order[owner[sequence], index[sequence, column]]
+            y, x = pixel // width, pixel % width
+            return probabilities_of(engine.advance(sequence, y, x, finish[owner[sequence], :, y, x]), classes[owner])
+
+        if max_work is not None and steps:  # one sequence, one step: does the engine pay on this model?
+            probe = torch.zeros(1, dtype=torch.long, device=start.device)
+            begin(probe, probe)
+            advance(probe, probe + 1, torch.ones(1, dtype=torch.bool, device=start.device))
+            if engine.last_work > max_work:
+                return None
         length = segment_length(count * (steps + 1))
         anchors = torch.arange(0, steps + 1, length, device=start.device)
         owners = torch.arange(count, device=start.device).repeat_interleave(len(anchors))
         firsts = anchors.repeat(count)
         group = max(1, memory_budget(start.device) // max(1, engine.per_sequence_bytes))
-        order = torch.argsort(ranks, dim=1)  # the pixel of each rank
-        offsets = torch.arange(step, device=start.device)
         scores = torch.empty(count, steps + 1, device=start.device)
         groups = range(0, len(owners), group)
         for first in track(groups, len(groups), description, progress):
             owner, at = owners[first:first + group], firsts[first:first + group]
-            replaced = (ranks[owner] < (at * step)[:, None]).view(-1, 1, height, width)
-            output = engine.reset(torch.where(replaced, finish[owner], start[owner]))
-            scores[owner, at] = probabilities_of(output, classes[owner])
+            scores[owner, at] = begin(owner, at)
             for offset in range(1, length):
                 done = at + offset
                 live = done <= steps
                 if not live.any():
                     break
-                index = (done - 1)[:, None] * step + offsets  # the ranks this step replaces
-                sequence, column = (live[:, None] & (index < area)).nonzero(as_tuple=True)
-                pixel = order[owner[sequence], index[sequence, column]]
-                y, x = pixel // width, pixel % width
-                output = engine.advance(sequence, y, x, finish[owner[sequence], :, y, x])
-                if max_work is not None and engine.last_work > max_work:
-                    return None
-                max_work = None  # decided on the first step, which every later one resembles
-                scores[owner[live], done[live]] = probabilities_of(output[live], classes[owner[live]])
+                scores[owner[live], done[live]] = advance(owner, done, live)[live]
         return scores.float().cpu()
