@@ -234,6 +234,8 @@ class StepEngine:
             flat = (n * change.mask.shape[1] + oy) * change.mask.shape[2] + ox
             points = [self._fresh[s][1] if s in self._fresh and self._fresh[s][0] is change else
                       _pixels(value).index_select(0, flat) for s, value in zip(plan.op.sources, sources, strict=True)]
+            if mutates(node, self.modules):  # x += y, ReLU(inplace=True): the fresh values are another node's
+                points = [p.clone() for p in points]
             points = [p[:, :, None, None] for p in points]
             values = plan.op.apply(points).flatten(1)
         target = self.state[node]
