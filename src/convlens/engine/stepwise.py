@@ -55,7 +55,8 @@ class _Change:
 
 class StepEngine:
     """Build inside ``torch.inference_mode()`` and ``hooks.preserved_state`` (eval mode); ``NotTraceable`` with
-    the reason when the model's graph cannot be used (then run the plain batched loop)."""
+    the reason when the model's graph cannot be used (then run the plain batched loop). The engine starts with
+    one sequence at ``sample`` (``1 x C x H x W``); ``reset`` starts others."""
 
     name = "stepwise"
 
@@ -87,7 +88,8 @@ class StepEngine:
         self.last_work = 1.0  # the share of a full pass's work the last step did (by multiply-adds, roughly)
         self.per_sequence_bytes = sum(v.numel() * v.element_size() for n, v in values.items()
                                       if self.dependent[n] and isinstance(v, torch.Tensor))
-        self.state: dict[fx.Node, object] = {}
+        # The sample is the one sequence the engine starts with (``reset`` starts others).
+        self.state: dict[fx.Node, object] = {**self.constants, **{n: v for n, v in values.items() if self.dependent[n]}}
         # Positions recomputed but not yet written into a node's map: written when something reads the map (a
         # window, a full run), skipped while the only reader takes the fresh values (conv -> batch norm -> ReLU).
         self._pending: dict[fx.Node, list[tuple[torch.Tensor, torch.Tensor]]] = {}

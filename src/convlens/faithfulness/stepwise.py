@@ -63,8 +63,7 @@ def stepwise_scores(module: nn.Module, start: torch.Tensor, finish: torch.Tensor
             return probabilities_of(engine.advance(sequence, y, x, finish[owner[sequence], :, y, x]), classes[owner])
 
         if max_work is not None and steps:  # one sequence, one step: does the engine pay on this model?
-            probe = torch.zeros(1, dtype=torch.long, device=start.device)
-            begin(probe, probe)
+            probe = torch.zeros(1, dtype=torch.long, device=start.device)  # the engine starts at image 0, step 0
             advance(probe, probe + 1, torch.ones(1, dtype=torch.bool, device=start.device))
             if engine.last_work > max_work:
                 return None
