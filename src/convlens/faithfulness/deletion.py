@@ -31,6 +31,9 @@ BLUR_SIZE, BLUR_SIGMA = 11, 5.0
 REFERENCE_AREA, REFERENCE_STEP = 224 * 224, 224
 MODES = ("deletion", "insertion")
 ENGINES = ("auto", "stepwise", "batched")
+# Below this many game points in all, the step engine's set-up (tracing, planning, a probe step: tens of
+# milliseconds) weighs more than it could save: "auto" runs the plain loop.
+MIN_STEPWISE_POINTS = 1000
 
 
 def pixels_per_step(height: int, width: int) -> int:
@@ -73,7 +76,8 @@ def causal_curves(module: nn.Module, inputs: torch.Tensor, maps: torch.Tensor, c
     ``engine``: ``"stepwise"`` recomputes, from each step to the next, only what the changed pixels can change
     (``convlens.engine.stepwise``; where the model's graph cannot be used, the batched loop runs instead);
     ``"batched"`` runs every step's input in full, ``batch_size`` at a time; ``"auto"`` is ``"stepwise"`` unless
-    its first step recomputes more than ``MAX_WORK`` of a full pass (then ``"batched"``).
+    its first step recomputes more than ``MAX_WORK`` of a full pass or the games have fewer than
+    ``MIN_STEPWISE_POINTS`` points in all (then ``"batched"``).
     """
     if mode not in MODES:
         raise ConvlensError(f"unknown mode {mode!r}; use deletion or insertion")
@@ -89,7 +93,7 @@ def causal_curves(module: nn.Module, inputs: torch.Tensor, maps: torch.Tensor, c
     start, finish = (inputs, substrate) if mode == "deletion" else (substrate, inputs)
     ranks = salience_ranks(maps).to(inputs.device)
     classes = classes.to(inputs.device)
-    if engine != "batched":
+    if engine == "stepwise" or (engine == "auto" and count * (steps + 1) >= MIN_STEPWISE_POINTS):
         scores = stepwise_scores(module, start, finish, ranks, classes, step, progress, f"{mode}: steps",
                                  max_work=MAX_WORK if engine == "auto" else None)
         if scores is not None:
