@@ -9,8 +9,13 @@ Cases, each the whole job as a user runs it (output folder written; on Ray also 
 
 for the top-k scan (baseline CNN at 32 px on the leaf folder; in full mode also the default EfficientNet-Lite0
 on the photo folder) and for folder Grad-CAM (baseline on leaf). One local Ray (``num_cpus`` = the machine's
-cores) serves every case; a job's time includes starting its actors (each loads the model once), the fixed cost
-that a folder of this size cannot amortise. ``docs/scale.md`` reads these numbers.
+cores) serves every case, started by the first case that runs and stopped after the last; a job's time includes
+starting its actors (each loads the model once), the fixed cost that a folder of this size cannot amortise.
+Each case checks that both sides give the same table or maps and prints the Ray workers' peak resident memory
+(also in the case's note). Quick mode (``make bench-quick``): ``QUICK_IMAGES`` leaf images, one timed
+repetition, three cases (no Grad-CAM 2-worker case; measured about 13 minutes for four cases on 96 images with
+the machine shared by the whole team, too much of the quick run's 15 minutes).
+``python -m bench --only scale --no-write`` runs just these. ``docs/scale.md`` reads these numbers.
 """
 
 from __future__ import annotations
@@ -27,19 +32,35 @@ from bench.inputs import LEAF, SHARED_DATA
 
 RAY_1 = 1 / 0.85  # Ray with 1 worker keeps >= 85 % of the in-process throughput
 RAY_2 = 1 / 1.6  # 2 workers give >= 1.6x one worker
+QUICK_IMAGES = 64  # quick mode: every Ray job pays its fixed start (actors, model loads), 4 jobs per case
 
 
-def _ray_ready() -> bool:
+def _ray_installed() -> bool:
     try:
-        import ray
+        import ray  # noqa: F401
     except ImportError:
         return False
-    from convlens.distributed.cluster import RayOptions, connect, disconnect
+    return True
 
-    started = connect(RayOptions("local", workers=2))
-    if started:
-        atexit.register(disconnect, True)
-    return ray.is_initialized()
+
+class LocalRay:
+    """One local Ray for every scale case, started by the first Ray job that runs (``--only`` other cases:
+    never) and shut down after the last case, so that no other benchmark shares the machine with it."""
+
+    def __init__(self) -> None:
+        self.started = False
+
+    def ensure(self) -> None:
+        from convlens.distributed.cluster import RayOptions, connect
+
+        if not self.started:
+            self.started = connect(RayOptions("local", workers=2))
+
+    def stop(self) -> None:
+        from convlens.distributed.cluster import disconnect
+
+        disconnect(self.started)
+        self.started = False
 
 
 def _model(spec: str):
@@ -65,68 +86,112 @@ class Scratch:
         return self.root / f"out{self.count}"
 
 
+def _worker_memory(case: BenchCase, compare):
+    """The agreement check of a case (``compare(ours, theirs)``), which also prints the peak resident memory of
+    the Ray workers (each worker's own, the largest over the job) and adds it to the case's note."""
+
+    def check(ours, theirs) -> None:
+        compare(ours, theirs)
+        peaks = [r.summary()["ray"]["worker_peak_memory_mb"] for r in (ours, theirs) if hasattr(r, "ray")]
+        text = "Ray worker peak memory " + " / ".join(f"{p:.0f} MB" for p in peaks)
+        print(f"[bench]   {text} (this case / its peer)" if len(peaks) == 2 else f"[bench]   {text}", flush=True)
+        case.note += f"; {text}"
+
+    return check
+
+
+def _same_topk(ours, theirs) -> None:
+    import numpy as np
+
+    for name in ("values", "images", "positions"):
+        np.testing.assert_array_equal(ours.arrays()[name], theirs.arrays()[name], err_msg=name)
+
+
+def _same_cams(ours, theirs) -> None:
+    import numpy as np
+
+    ours, theirs = ours.arrays()["cam"], theirs.arrays()["cam"]
+    count = min(len(ours), len(theirs))  # a job on Ray keeps the first PREVIEW maps in arrays.npz
+    np.testing.assert_allclose(ours[:count], theirs[:count], rtol=1e-5, atol=1e-6)
+
+
+def _case(name, convlens, peer, peer_name, max_ratio, note, repetitions, compare) -> BenchCase:
+    case = BenchCase(name, convlens, peer, peer_name, max_ratio=max_ratio, note=note, repetitions=repetitions)
+    case.check = _worker_memory(case, compare)
+    return case
+
+
 def _topk_cases(label: str, model, paths: list[Path], layer: str, batch_size: int, repetitions: int,
-                scratch: Scratch) -> list[BenchCase]:
+                scratch: Scratch, ray: LocalRay) -> list[BenchCase]:
     from convlens.distributed.topk import topk_on_ray
     from convlens.zeiler import top_activations
 
     def local():
-        return top_activations(model, paths, layer, units="0:16", k=9, batch_size=batch_size).save(scratch.out())
+        result = top_activations(model, paths, layer, units="0:16", k=9, batch_size=batch_size)
+        result.save(scratch.out())
+        return result
 
     def on_ray(workers: int):
-        return lambda: topk_on_ray(model, paths, layer, scratch.out(), units="0:16", k=9, batch_size=batch_size,
-                                   workers=workers, shard_size=256)
+        def job():
+            ray.ensure()
+            return topk_on_ray(model, paths, layer, scratch.out(), units="0:16", k=9, batch_size=batch_size,
+                               workers=workers, shard_size=256)
+        return job
 
     note = f"{len(paths)} images, 16 units x top-9, batch {batch_size}, projections included"
     return [
-        BenchCase(f"scale topk {label}: Ray 1 worker", on_ray(1), local, "in-process topk", max_ratio=RAY_1,
-                  note=note, repetitions=repetitions),
-        BenchCase(f"scale topk {label}: Ray 2 workers", on_ray(2), on_ray(1), "Ray 1 worker", max_ratio=RAY_2,
-                  note=note, repetitions=repetitions),
+        _case(f"scale topk {label}: Ray 1 worker", on_ray(1), local, "in-process topk", RAY_1, note, repetitions,
+              _same_topk),
+        _case(f"scale topk {label}: Ray 2 workers", on_ray(2), on_ray(1), "Ray 1 worker", RAY_2, note,
+              repetitions, _same_topk),
     ]
 
 
-def _cam_cases(model, paths: list[Path], batch_size: int, repetitions: int, scratch: Scratch) -> list[BenchCase]:
+def _cam_cases(model, paths: list[Path], batch_size: int, repetitions: int, scratch: Scratch,
+               ray: LocalRay, scaling: bool = True) -> list[BenchCase]:
     import convlens
     from convlens.distributed import cam_on_ray
 
     def local():
-        return convlens.cam(model, paths, method="gradcam", batch_size=batch_size).save(scratch.out())
+        result = convlens.cam(model, paths, method="gradcam", batch_size=batch_size)
+        result.save(scratch.out())
+        return result
 
     def on_ray(workers: int):
-        return lambda: cam_on_ray(model, paths, scratch.out(), method="gradcam", batch_size=batch_size,
-                                  workers=workers, shard_size=256)
+        def job():
+            ray.ensure()
+            return cam_on_ray(model, paths, scratch.out(), method="gradcam", batch_size=batch_size,
+                              workers=workers, shard_size=256)
+        return job
 
     note = f"{len(paths)} images, Grad-CAM at the default layer (conv3), batch {batch_size}, maps in shards"
-    return [
-        BenchCase("scale gradcam baseline 32 leaf: Ray 1 worker", on_ray(1), local, "in-process cam",
-                  max_ratio=RAY_1, note=note, repetitions=repetitions),
-        BenchCase("scale gradcam baseline 32 leaf: Ray 2 workers", on_ray(2), on_ray(1), "Ray 1 worker",
-                  max_ratio=RAY_2, note=note, repetitions=repetitions),
-    ]
+    found = [_case("scale gradcam baseline 32 leaf: Ray 1 worker", on_ray(1), local, "in-process cam", RAY_1,
+                   note, repetitions, _same_cams)]
+    if scaling:
+        found.append(_case("scale gradcam baseline 32 leaf: Ray 2 workers", on_ray(2), on_ray(1), "Ray 1 worker",
+                           RAY_2, note, repetitions, _same_cams))
+    return found
 
 
-def cases(quick: bool) -> list[BenchCase]:
+def cases(quick: bool):
+    """The scale cases (a generator: the local Ray stops once the last case has run)."""
     from convlens.data import list_images
 
-    if not LEAF.is_dir() or not _ray_ready():
-        return []
-    scratch = Scratch()
+    if not LEAF.is_dir() or not _ray_installed():
+        return
+    scratch, ray = Scratch(), LocalRay()
     leaf = list_images(LEAF)
     repetitions = 1 if quick else 3
-    # quick: 128 images; every Ray job pays its fixed start (actors, model loads), 4 jobs per case
-    sample = leaf[:128] if quick else leaf
+    sample = leaf[:QUICK_IMAGES] if quick else leaf
     baseline = _model("baseline")
-    found: list[BenchCase] = []
+    found = _topk_cases("baseline 32 leaf", baseline, sample, "relu3", 64, repetitions, scratch, ray)
+    photos = list_images(SHARED_DATA / "photos") if (SHARED_DATA / "photos").is_dir() else []
+    if not quick and photos:
+        found += _topk_cases("efficientnet_lite0 photos", _model("efficientnet_lite0"), photos, "blocks.3", 16,
+                             repetitions, scratch, ray)
+    # quick: the scaling of 2 workers is measured on the top-k scan only (each Ray job costs its fixed start)
+    found += _cam_cases(baseline, sample, 32, repetitions, scratch, ray, scaling=not quick)
     try:
-        import convlens.zeiler  # noqa: F401 - top-k on Ray needs the zeiler package's mergeable table
-    except ImportError:
-        pass
-    else:
-        found += _topk_cases("baseline 32 leaf", baseline, sample, "relu3", 64, repetitions, scratch)
-        photos = list_images(SHARED_DATA / "photos") if (SHARED_DATA / "photos").is_dir() else []
-        if not quick and photos:
-            found += _topk_cases("efficientnet_lite0 photos", _model("efficientnet_lite0"), photos, "blocks.3", 16,
-                                 repetitions, scratch)
-    found += _cam_cases(baseline, sample, 32, repetitions, scratch)
-    return found
+        yield from found
+    finally:
+        ray.stop()

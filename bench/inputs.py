@@ -1,8 +1,10 @@
 """Models and inputs shared by the benchmark cases, built on ``DEVICE``: the real data beside the repository
-(``../shared/data``) where it is there, scikit-image's coffee photo where it is not."""
+(``../shared/data``, or wherever ``CONVLENS_SHARED_DATA`` points, e.g. from a git worktree) where it is there,
+scikit-image's coffee photo where it is not; cases that need the leaf data are left out without it."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -10,7 +12,8 @@ import torchvision
 
 from bench.harness import DEVICE
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# as tests/testkit.py: ``../shared/data`` beside the repository unless CONVLENS_SHARED_DATA says where it is
+SHARED_DATA = Path(os.environ.get("CONVLENS_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 LEAF = SHARED_DATA / "leaf"
 PHOTO = SHARED_DATA / "photos" / "golden_retriever.jpeg"
 

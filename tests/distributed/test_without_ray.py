@@ -17,13 +17,14 @@ def test_missing_ray_names_the_extra(monkeypatch):
     assert str(error.value) == INSTALL_HINT and "convlens[ray]" in INSTALL_HINT and "\n" not in INSTALL_HINT
 
 
-def test_cli_without_ray_is_one_line(monkeypatch, tmp_path, capsys):
+@pytest.mark.parametrize("command", ["cam", "faithfulness", "report"])
+def test_cli_without_ray_is_one_line(monkeypatch, tmp_path, capsys, command):
     from convlens.cli import main
 
     monkeypatch.setitem(sys.modules, "ray", None)
     (tmp_path / "a.png").write_bytes(b"")
     with pytest.raises(SystemExit) as exit_code:
-        main(["cam", "baseline", str(tmp_path), "--out", str(tmp_path / "out"), "--ray", "local",
+        main([command, "baseline", str(tmp_path), "--out", str(tmp_path / "out"), "--ray", "local",
               "--device", "cpu"])
     assert exit_code.value.code == 2
     assert capsys.readouterr().err.strip() == f"error: {INSTALL_HINT}"

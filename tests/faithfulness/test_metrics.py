@@ -8,6 +8,7 @@ import pytest
 import torch
 from faith_nets import distinct_maps
 
+from convlens.errors import ConvlensError
 from convlens.faithfulness import (
     area_under_curve,
     blurred,
@@ -45,18 +46,38 @@ def rise_loop(model, image, explanation, mode, step, klen=11, ksig=5):
     return scores, (scores.sum() - scores[0] / 2 - scores[-1] / 2) / (scores.shape[0] - 1)
 
 
+@pytest.mark.parametrize("engine", ["stepwise", "batched", "auto"])
 @pytest.mark.parametrize("mode", ["deletion", "insertion"])
-def test_deletion_insertion_equal_a_rise_loop(net, inputs, mode):
+def test_deletion_insertion_equal_a_rise_loop(net, inputs, mode, engine):
     maps = explanation_maps(net, inputs, [0, 0, 0], "gradcam")  # has flat zero regions: ties matter
     classes = torch.softmax(net(inputs), 1).argmax(1)
     maps = torch.where(torch.rand(maps.shape, generator=torch.Generator().manual_seed(0)) < 0.3, 0.0, maps)
-    curves = causal_curves(net, inputs, maps, classes, mode, step=7, batch_size=33)
+    curves = causal_curves(net, inputs, maps, classes, mode, step=7, batch_size=33, engine=engine)
     aucs = area_under_curve(curves)
     for i in range(len(inputs)):
         expected, auc = rise_loop(net, inputs[i:i + 1].clone(), maps[i].numpy(), mode, 7)
         np.testing.assert_allclose(curves[i].numpy(), expected, rtol=1e-5, atol=1e-6)
         assert aucs[i].item() == pytest.approx(auc, rel=1e-5)
     assert curves.shape == (3, -(-24 * 24 // 7) + 1)
+
+
+def test_the_step_engine_runs_where_a_step_changes_little(net, monkeypatch):
+    """At 64 px, 7 pixels per step reach a small share of the net: "auto" takes the step engine (and its curves
+    equal the plain loop's); a model that does not trace runs the plain loop."""
+    import convlens.faithfulness.deletion as deletion
+
+    inputs = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    maps = distinct_maps(explanation_maps(net, inputs, [0, 1], "gradcam"))
+    classes = torch.tensor([0, 1])
+    used = []
+    real = deletion.stepwise_scores
+    monkeypatch.setattr(deletion, "stepwise_scores", lambda *a, **k: used.append(r := real(*a, **k)) or r)
+    curves = causal_curves(net, inputs, maps, classes, "deletion", step=7)
+    assert used and used[0] is not None
+    plain = causal_curves(net, inputs, maps, classes, "deletion", step=7, engine="batched")
+    np.testing.assert_allclose(curves.numpy(), plain.numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ConvlensError, match="unknown engine"):
+        causal_curves(net, inputs, maps, classes, "deletion", engine="fast")
 
 
 def test_blur_is_rise_kernel_and_default_step():

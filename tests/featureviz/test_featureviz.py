@@ -157,21 +157,32 @@ def baseline_checkpoint(folder) -> str:
     return str(folder)
 
 
-def test_cli_writes_the_api_numbers(tmp_path):
+@pytest.mark.parametrize("transforms", ["lucid", "scaled"])
+def test_cli_writes_the_api_numbers(tmp_path, transforms):
     from convlens.cli import main
 
     checkpoint = baseline_checkpoint(tmp_path / "run")
     try:
         main(["featureviz", checkpoint, "--layer", "relu3", "--units", "0:3,7", "--steps", "4",
-              "--out", str(tmp_path / "out")])
+              "--transforms", transforms, "--out", str(tmp_path / "out")])
     except SystemExit as exit_info:
         assert exit_info.code in (0, None)
     saved = np.load(tmp_path / "out" / "arrays.npz")
     model = convlens.load_model(checkpoint, device="cpu")
-    api = feature_viz(model, "relu3", [0, 1, 2, 7], steps=4).arrays()
+    robustness = Robustness() if transforms == "lucid" else Robustness(pad=2, jitter=2, jitter_after=1)
+    api = feature_viz(model, "relu3", [0, 1, 2, 7], steps=4, robustness=robustness).arrays()
     for name in ("images", "input", "reached", "units"):
         np.testing.assert_allclose(saved[name], api[name], atol=1e-6, err_msg=name)
     assert {"units.png", "curves.png", "summary.json"} <= {p.name for p in (tmp_path / "out").iterdir()}
+
+
+def test_scaled_transforms_follow_the_image_side():
+    """Lucid's pixel values (pad 12, largest shifts 7 and 3) at 224 px, and in proportion below."""
+    assert Robustness.scaled(224) == Robustness()
+    small = Robustness.scaled(32)  # 12/7, 7/7 and 3/7 px, rounded
+    assert (small.pad, small.jitter - 1, small.jitter_after - 1) == (2, 1, 0)
+    assert (small.scales, small.angles) == (Robustness().scales, Robustness().angles)
+    assert Robustness.scaled(112) == Robustness(pad=6, jitter=5, jitter_after=3)  # 6, 3.5 -> 4, 1.5 -> 2
 
 
 @pytest.mark.slow
@@ -186,3 +197,26 @@ def test_default_model_visualizations_beat_the_best_photos(default_model, sample
     assert result.natural.count == len(photos)
     assert result.beats_natural.all(), result.summary()["units"]
     assert result.summary()["flagged_units"] == []
+
+
+def test_examples_figure_puts_each_units_patches_beside_its_image(sample_photos):
+    from convlens.featureviz.figures import examples_figure
+
+    torch.manual_seed(0)
+    model = convlens.load_model("baseline:32", device="cpu")
+    result = feature_viz(model, "conv3", [0, 5], steps=2, reference=sample_photos[:3])
+    top = convlens.top_activations(model, sample_photos[:3], "conv3", units=[5, 0], k=9)  # the other order
+    axes = examples_figure(result, top).axes
+    assert len(axes) == 2 * (1 + 9)
+    for block, unit in enumerate(result.units):
+        shown = axes[block * 10]
+        np.testing.assert_allclose(shown.images[0].get_array(), result.images[block, 0].permute(1, 2, 0).numpy())
+        assert shown.get_title(loc="left").startswith(f"unit {unit}, reached {float(result.reached[block, 0]):.3g}")
+        row = list(top.units).index(unit)
+        for rank in range(9):
+            images = axes[block * 10 + 1 + rank].images
+            assert len(images) == (rank < 3)  # three photos: three patches, six empty slots
+            if images:
+                np.testing.assert_allclose(images[0].get_array(), top.patches[row, rank])
+    with pytest.raises(ValueError, match=r"units \[0\] have no top-k patches"):
+        examples_figure(result, convlens.top_activations(model, sample_photos[:3], "conv3", units=[5], k=9))

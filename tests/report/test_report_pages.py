@@ -50,6 +50,24 @@ def test_shared_pass_matches_separate_computations(built, tiny_model, sample_pho
     np.testing.assert_allclose(arrays["cam/gradcam"], expected, atol=1e-5)
 
 
+def test_faithfulness_is_the_average_drop_of_grad_cam(built, tiny_model, sample_photos):
+    """Chattopadhay et al.'s average drop, computed here by hand: the input times its Grad-CAM map."""
+    from convlens.cam import GradCAM
+
+    result, out = built
+    inputs = tiny_model.prepare(sample_photos[:3])
+    cam = GradCAM(tiny_model, "conv3")(inputs)
+    with torch.inference_mode():
+        clean = torch.softmax(tiny_model.module(inputs), 1)
+        masked = torch.softmax(tiny_model.module(inputs * cam.maps[:, None]), 1)
+    rows = torch.arange(3)
+    target = torch.tensor(cam.targets)
+    drop = torch.relu(clean[rows, target] - masked[rows, target]) / (clean[rows, target] + 1e-7)
+    np.testing.assert_allclose(result.collected.faithfulness.arrays()["drop.gradcam"], drop.numpy(), atol=1e-5)
+    page = sorted((out / "images").glob("*.html"))[1].read_text()
+    assert "average drop" in page and f"{float(drop[1]):.3g}</td>" in page
+
+
 def test_unit_pages_are_the_strongest_units(built):
     result, out = built
     for layer in LAYERS:

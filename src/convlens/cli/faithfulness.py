@@ -11,13 +11,18 @@ from convlens.cli.app import app
 from convlens.cli.common import (
     ClassesOpt,
     DeviceOpt,
+    GpusPerWorkerOpt,
     ImagesArg,
     ModelArg,
     OutOpt,
     PreprocessOpt,
+    RayOpt,
+    RayWorkersOpt,
+    ResumeOpt,
     WeightsOpt,
     done,
     open_model,
+    ray_report,
 )
 
 
@@ -44,9 +49,14 @@ def faithfulness_command(
     classes: ClassesOpt = None,
     preprocess: PreprocessOpt = None,
     device: DeviceOpt = "auto",
+    ray: RayOpt = None,
+    workers: RayWorkersOpt = 1,
+    gpus_per_worker: GpusPerWorkerOpt = 0.0,
+    resume: ResumeOpt = False,
 ) -> None:
     """Score every explanation method with deletion/insertion, ROAD, average drop / increase in confidence,
-    the pointing game and sanity checks; table.csv has the mean and a 95 % bootstrap interval per method."""
+    the pointing game and sanity checks; table.csv has the mean and a 95 % bootstrap interval per method. With
+    --ray the images are scored on Ray workers (OUT/shards/*.parquet: every image's scores, curves and maps)."""
     from convlens.data.images import expand_image_args
     from convlens.errors import ConvlensError
     from convlens.faithfulness import faithfulness, resolve_methods, resolve_metrics
@@ -56,6 +66,18 @@ def faithfulness_command(
     paths = expand_image_args(images)
     if not paths:
         raise ConvlensError("no images given")
+    if ray is not None:
+        from convlens.distributed import faithfulness_on_ray, import_ray
+
+        import_ray()  # without the extra: one line naming it, before the model loads
+        classifier = open_model(model, weights, "cpu", classes, preprocess)  # the workers choose devices
+        result = faithfulness_on_ray(classifier, paths, out, methods=methods, metrics=metrics, boxes=boxes,
+                                     target=target if target is not None else "predicted", batch_size=batch_size,
+                                     sanity_steps=sanity_steps or None, seed=seed, ray=ray, workers=workers,
+                                     gpus_per_worker=gpus_per_worker, resume=resume, progress=True)
+        ray_report(result.summary())
+        done(out)
+        return
     classifier = open_model(model, weights, device, classes, preprocess)
     result = faithfulness(classifier, [str(p) for p in paths], methods=methods, metrics=metrics, boxes=boxes,
                           target=target if target is not None else "predicted", batch_size=batch_size,

@@ -61,6 +61,10 @@ def featureviz_command(
     steps: Annotated[int, typer.Option("--steps", min=1, max=100_000, help="Adam steps.")] = 512,
     size: Annotated[int | None, typer.Option(
         "--size", min=8, max=1024, help="Image side in pixels (default: the model's input size).")] = None,
+    transforms: Annotated[str, typer.Option(
+        "--transforms", help="Transformation robustness: lucid (Lucid's pad 12, jitter 8 and 4 px, scale, "
+                             "rotation), scaled (the pad and jitters scaled from 224 px to the image size: small "
+                             "inputs), none.")] = "lucid",
     diversity: Annotated[int, typer.Option(
         "--diversity", min=1, max=16, help="Images per unit, pushed apart by a Gram-matrix penalty.")] = 1,
     reference: Annotated[list[Path] | None, typer.Option(
@@ -76,13 +80,15 @@ def featureviz_command(
     force: ForceOpt = False,
 ) -> None:
     """The image each unit responds to most (Lucid's recipe), beside its best natural images when given."""
-    from convlens.featureviz import feature_viz
+    from convlens.featureviz import feature_viz, named_robustness
     from convlens.output import check_out
 
+    named_robustness(transforms, 32)  # an unknown name: one line before the model loads
     check_out(out, force=force)
     chosen = parse_units(units)
     classifier = open_model(model, weights, device, classes, preprocess)
     result = feature_viz(classifier, layer, chosen, objective=objective, steps=steps, size=size,
+                         robustness=named_robustness(transforms, size or min(classifier.input_size)),
                          diversity=diversity, reference=list(reference) if reference else None, seed=seed,
                          batch_size=batch_size, progress=True)
     done(result.save(out, force=force))

@@ -11,10 +11,12 @@ from convlens.cli.app import app
 from convlens.cli.common import (
     ClassesOpt,
     DeviceOpt,
+    GpusPerWorkerOpt,
     ImagesArg,
     LayerOpt,
     ModelArg,
     PreprocessOpt,
+    RayWorkersOpt,
     WeightsOpt,
     console,
     open_model,
@@ -50,19 +52,41 @@ def report_command(
                                                      "gradient.")] = "auto",
     feature_viz: Annotated[bool, typer.Option("--feature-viz", help="A feature visualization per unit page "
                                                                     "(long).")] = False,
+    feature_viz_layer: Annotated[list[str] | None, typer.Option(
+        "--feature-viz-layer", help="Only these layers get feature visualizations (repeatable; default all).")] = None,
+    feature_viz_units: Annotated[int | None, typer.Option(
+        "--feature-viz-units", min=1, help="Feature visualizations for this many of each layer's unit pages, the "
+                                           "strongest (default all).")] = None,
+    feature_viz_steps: Annotated[int, typer.Option("--feature-viz-steps", min=1, max=100_000,
+                                                   help="Adam steps per feature visualization.")] = 512,
+    feature_viz_diversity: Annotated[int, typer.Option(
+        "--feature-viz-diversity", min=1, max=16, help="Images per unit (a diversity set when more than 1).")] = 1,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
     weights: WeightsOpt = None,
     classes: ClassesOpt = None,
     preprocess: PreprocessOpt = None,
     device: DeviceOpt = "auto",
+    ray: Annotated[str | None, typer.Option(
+        "--ray", metavar="local|auto|ADDRESS", help="Run the pass over the images on Ray: local starts Ray on this "
+        "machine, auto or an address joins a cluster (needs convlens[ray]); the same report.")] = None,
+    workers: RayWorkersOpt = 1,
+    gpus_per_worker: GpusPerWorkerOpt = 0.0,
 ) -> None:
-    """A folder of HTML pages: the model card, a page per image, per layer and per unit; open OUT/index.html."""
+    """A folder of HTML pages: the model card, a page per image, per layer and per unit; open OUT/index.html.
+    With --ray the shared pass over the images (predictions, feature maps, top-k) runs on Ray workers."""
     from convlens.data.images import expand_image_args
-    from convlens.report import report
+    from convlens.report import FeatureVizOptions, report
 
+    plan = FeatureVizOptions(tuple(feature_viz_layer) if feature_viz_layer else None, feature_viz_units,
+                             feature_viz_steps, None, feature_viz_diversity) if feature_viz else False
+    if ray is not None:
+        from convlens.distributed import import_ray
+
+        import_ray()  # without the extra: one line naming it, before the model loads
     classifier = open_model(model, weights, device, classes, preprocess)
     result = report(classifier, expand_image_args(images), layers=layer, units=parse_units(units), k=k,
-                    methods=method, cam_layer=cam_layer, details=details, rule=rule, feature_viz=feature_viz,
-                    batch_size=batch_size, progress=True)
+                    methods=method, cam_layer=cam_layer, details=details, rule=rule, feature_viz=plan,
+                    batch_size=batch_size, progress=True, ray=ray, workers=workers,
+                    gpus_per_worker=gpus_per_worker)
     result.save(out, progress=True)
     console.print(f"open [bold]{(out / 'index.html').resolve().as_uri()}[/bold]")

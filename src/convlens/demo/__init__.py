@@ -22,6 +22,9 @@ DEMO_CAM_LAYER = "blocks.6"  # leaf validation images in each leaf report, evenl
 # Where `convlens train` may have left the leaf-study baseline (relative to the demo folder's parent or the working
 # directory).
 LEAF_RUN_NAMES = ("leaf-baseline", "runs/leaf-baseline")
+# Feature visualization of the default model's report: a handful of units of one layer, short enough for a demo
+# (256 steps at 128 px take about a minute on two CPU cores for four units of blocks.4)
+FEATURE_VIZ_LAYER, FEATURE_VIZ_UNITS, FEATURE_VIZ_STEPS, FEATURE_VIZ_SIZE = "blocks.4", 4, 256, 128
 
 
 def sample_photos(folder: Path, names: tuple[str, ...] = SAMPLE_PHOTOS) -> list[Path]:
@@ -93,6 +96,18 @@ class DemoReport:
     note: str = ""  # why it is missing, when it is
 
 
+def demo_feature_viz(model):
+    """The demo report's feature visualizations: ``FEATURE_VIZ_UNITS`` units of ``FEATURE_VIZ_LAYER`` (another model:
+    its report's middle layer), ``FEATURE_VIZ_STEPS`` steps at up to ``FEATURE_VIZ_SIZE`` px."""
+    from convlens.report import FeatureVizOptions
+    from convlens.report.compute import default_layers
+
+    layers = default_layers(model)
+    layer = FEATURE_VIZ_LAYER if FEATURE_VIZ_LAYER in layers else layers[len(layers) // 2]
+    return FeatureVizOptions(layers=(layer,), units=FEATURE_VIZ_UNITS, steps=FEATURE_VIZ_STEPS,
+                             size=min(FEATURE_VIZ_SIZE, *model.input_size))
+
+
 def run_demo(out: str | Path = "convlens-demo", model_spec: str = DEFAULT_SPEC, progress: bool = True,
              log: Callable[[str], None] = print, force: bool = False) -> Path:
     """Write the demo folder and return its ``index.html``.
@@ -126,12 +141,15 @@ def build_reports(out: Path, model_spec: str, progress: bool, log: Callable[[str
         log(f"  {title}: {time.perf_counter() - start:.0f} s")
 
     model = load_model(model_spec)
+    plan = demo_feature_viz(model)
     build(f"{model_spec} on scikit-image's photos", "photos-report", model, photos,
           f"The default model (real ImageNet weights, no download) on {len(photos)} photos: every CAM method, "
           "projections, occlusion and invariance per photo, a page for each stage's last layer and for its "
-          "strongest units. The CAMs read EfficientNet's last block (320 channels), where Score-CAM and "
-          "Ablation-CAM stay quick.", units=8, cam_layer=DEMO_CAM_LAYER if DEMO_CAM_LAYER in dict(
-              model.module.named_modules()) else None)
+          "strongest units, and a feature visualization for the "
+          f"{plan.units} strongest units of {plan.layers[0]} (on their unit pages). The CAMs read EfficientNet's "
+          "last block (320 channels), where Score-CAM and Ablation-CAM stay quick.", units=8,
+          cam_layer=DEMO_CAM_LAYER if DEMO_CAM_LAYER in dict(model.module.named_modules()) else None,
+          feature_viz=plan)
     data = shared_data()
     run = find_leaf_baseline(out)
     if run is not None and data is not None:

@@ -65,3 +65,23 @@ class OnRay(Result):
 
     def iter_figures(self) -> Iterator[tuple[str, Any]]:
         return self.inner.iter_figures()
+
+    def save(self, out, *, force: bool = False):
+        """The standard folder (``Result.save``), plus ``table.csv`` where the inner result has a table
+        (faithfulness), as its own ``save`` writes it."""
+        from pathlib import Path
+
+        from convlens.output import output_dir
+
+        if not callable(getattr(self.inner, "csv", None)):
+            return super().save(out, force=force)
+        summary = dict(self.summary())
+        seconds = float(summary.pop("compute_seconds", 0.0))
+        with output_dir(out, self.command, force=force) as folder:
+            folder.compute_seconds = seconds
+            folder.update(**summary)
+            folder.add_arrays(**self.arrays())
+            folder.file("table.csv").write_text(self.inner.csv())
+            for name, figure in self.iter_figures():
+                folder.save_figure(figure, name)
+        return Path(out)

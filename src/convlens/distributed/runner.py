@@ -46,7 +46,8 @@ class Job(Protocol):
         """Everything that decides the numbers (method, layers, target, batch size...): resume checks it."""
 
     def process(self, model: ImageClassifier, inputs, indices: np.ndarray) -> dict[str, Any]:
-        """On an actor: per-image columns for a batch of readable images (lists or arrays, one entry each)."""
+        """On an actor: per-image columns for a batch of readable images (lists or arrays, one entry each).
+        A job with ``wants_paths = True`` also gets ``paths=`` (the files of those images)."""
 
     def reduce_shard(self, table):
         """On the driver: a finished shard's rows (pyarrow, in image order) as they are to be stored."""
@@ -102,7 +103,9 @@ class ModelWorker:
         columns: dict[str, Any] = {}
         if good:
             inputs = torch.stack(tensors).to(self.model.device)
-            columns = self.job.process(self.model, inputs, indices[good])
+            # a job that needs the files (the pointing game reads the boxes of each file's name) asks for them
+            files = {"paths": [paths[row] for row in good]} if getattr(self.job, "wants_paths", False) else {}
+            columns = self.job.process(self.model, inputs, indices[good], **files)
         table = {"index": pa.array(indices), "path": pa.array(paths), "error": pa.array(errors),
                  "worker_peak_mb": pa.array([peak_memory_mb()] * len(paths), type=pa.float32())}
         for name, values in columns.items():
@@ -139,6 +142,20 @@ def run_job(job: Job, model: ImageClassifier, paths: Sequence[str | Path], out: 
     as they finish; at the end the result of ``job.finish`` is saved to ``out`` and the shards move into
     ``out/shards``. Returns the result."""
     check_replaceable(Path(out))  # a user's folder at --out fails now, not after the whole job
+    run = run_shards(job, model, paths, out, options, batch_size=batch_size, shard_size=shard_size, resume=resume,
+                     progress=progress)
+    result = job.finish(model, run)
+    result.save(out)
+    run.store.move_into(Path(out))
+    write_manifest(Path(out), result.command or job.name)  # the shards moved in are convlens's too
+    return result
+
+
+def run_shards(job: Job, model: ImageClassifier, paths: Sequence[str | Path], out: str | Path,
+               options: RayOptions, *, batch_size: int = 16, shard_size: int = 256, resume: bool = False,
+               progress: ProgressLike = False) -> RunRecord:
+    """The part of ``run_job`` before the result: every shard written to ``OUT.partial``; returns the record
+    (a caller that keeps no output folder, such as the report's pass, reads the shards and removes them)."""
     paths = [Path(p) for p in paths]
     # Shards hold whole batches, and batches start where the in-process run's start: every image then meets the
     # same batch neighbours as in-process, so even the last bits of the numbers agree.
@@ -163,11 +180,7 @@ def run_job(job: Job, model: ImageClassifier, paths: Sequence[str | Path], out: 
         "shards_done_before": len(done_before), "images_computed": len(pending), "batch_size": batch_size,
         "images_per_second": round(len(pending) / seconds, 3) if pending and seconds > 0 else None,
         "worker_peak_memory_mb": round(peak, 1)})
-    result = job.finish(model, run)
-    result.save(out)
-    store.move_into(Path(out))
-    write_manifest(Path(out), result.command or job.name)  # the shards moved in are convlens's too
-    return result
+    return run
 
 
 def _stream(job: Job, model: ImageClassifier, paths: list[Path], pending: list[int], store: ShardStore,

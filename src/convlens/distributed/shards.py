@@ -123,4 +123,5 @@ def read_shards(folder: str | Path):
     files = sorted(folder.glob("shard-*.parquet"))
     if not files:
         raise ConvlensError(f"no shards in {folder}")
-    return pa.concat_tables([pq.read_table(f) for f in files])
+    # a shard whose images lacked an optional column (no object boxes among them) has nulls there
+    return pa.concat_tables([pq.read_table(f) for f in files], promote_options="permissive")

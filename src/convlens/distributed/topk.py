@@ -66,21 +66,31 @@ class TopKJob:
 
         from convlens.zeiler import topk_result
 
-        table = self.empty
-        for shard in range(run.store.plan.shards):
-            rows = pq.read_table(run.store.path(shard), columns=["index", "error", "values", "positions"])
-            rows = rows.filter(np.asarray([not e for e in rows.column("error").to_pylist()], dtype=bool))
-            if len(rows) == 0:
-                continue
-            values = np.stack(rows.column("values").to_numpy(zero_copy_only=False)).astype(np.float32)
-            positions = np.stack(rows.column("positions").to_numpy(zero_copy_only=False)).astype(np.int64)
-            table = table.add(torch.from_numpy(values), torch.tensor(rows.column("index").to_pylist()),
-                              torch.from_numpy(positions))
+        shards = (pq.read_table(run.store.path(s), columns=["index", "error", "values", "positions"])
+                  for s in range(run.store.plan.shards))
+        table = fold_shards(self.empty, shards)
         start = time.perf_counter()
         result = topk_result(model, run.paths, table, rule=self.rule, batch_size=self.projection_batch_size,
                              scan_batch_size=self.scan_batch_size, source=self.source)
         return OnRay(result, run.ray, run.errors, run.compute_seconds + time.perf_counter() - start,
                      {"images_scanned": len(run.paths) - len(run.errors)})
+
+
+def fold_shards(table, shards, values: str = "values", positions: str = "positions"):
+    """Fold every shard's per-image unit maxima (columns ``values`` and ``positions``, one entry per unit) into
+    the ``TopKTable`` ``table``, shard after shard; ``TopKTable.add`` keeps the local scan's order (value, ties
+    by image index), so the result is the in-process table whatever the sharding. Unreadable rows are skipped."""
+    import pyarrow.compute as pc
+
+    for rows in shards:
+        rows = rows.filter(pc.equal(rows.column("error"), ""))
+        if len(rows) == 0:
+            continue
+        maxima = np.stack(rows.column(values).to_numpy(zero_copy_only=False)).astype(np.float32)
+        where = np.stack(rows.column(positions).to_numpy(zero_copy_only=False)).astype(np.int64)
+        table = table.add(torch.from_numpy(maxima), torch.tensor(rows.column("index").to_pylist()),
+                          torch.from_numpy(where))
+    return table
 
 
 def _probe(model: ImageClassifier, layer: str):

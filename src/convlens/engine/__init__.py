@@ -35,6 +35,10 @@ traced graph after the layer, fed replacements of the layer's output and the cac
 the model reads (skip connections that bypass the layer), or the whole model with a hook (``WholeModel``, with
 ``reason``) where that cannot be proved. ``suffix.run(layer_values, owners)`` gives the model's output.
 
+``StepEngine(net, sample)`` (``engine/stepwise.py``) runs many sequences of inputs, each a few scattered pixels
+from the one before (the deletion and insertion games): ``reset(inputs)``, then ``advance(n, y, x, pixels)``
+per step, recomputing only the positions the changed pixels reach.
+
 Results are exact up to float rounding: the regional engine computes each op as the model does, on a region
 that holds every value the variant can change. Build and run the engines inside ``torch.inference_mode()`` and
 ``hooks.preserved_state`` (the caller holds both for the engine's life).
@@ -50,6 +54,7 @@ from convlens.engine.inference import folded_graph
 from convlens.engine.ops import NotTraceable, trace
 from convlens.engine.regional import MAX_REGION_FRACTION, RegionalEngine
 from convlens.engine.regions import Regions, inside
+from convlens.engine.stepwise import StepEngine
 from convlens.engine.suffix import Suffix, SuffixEngine, WholeModel, build_suffix
 
 Engine = RegionalEngine | BatchedEngine
@@ -78,6 +83,7 @@ __all__ = [
     "NotTraceable",
     "RegionalEngine",
     "Regions",
+    "StepEngine",
     "Suffix",
     "SuffixEngine",
     "WholeModel",

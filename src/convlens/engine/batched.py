@@ -44,6 +44,7 @@ class BatchedEngine:
 
     name = "batched"
     incremental_nodes = 0
+    kept_bytes = 0  # nothing held beyond the clean output and layer
 
     def __init__(self, net: nn.Module, inputs: torch.Tensor, regions: Regions, layer: str | None = None,
                  reason: str = "") -> None:

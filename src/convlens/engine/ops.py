@@ -200,6 +200,45 @@ def mutates(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     return False
 
 
+def run_node(net: nn.Module, modules: dict[str, nn.Module], node: fx.Node, args, kwargs):
+    """One traced node on the given arguments, as the model computes it."""
+    if node.op == "call_module":
+        return modules[node.target](*args, **kwargs)
+    if node.op == "call_function":
+        return node.target(*args, **kwargs)
+    if node.op == "call_method":
+        return getattr(args[0], node.target)(*args[1:], **kwargs)
+    if node.op == "get_attr":
+        value = net
+        for part in node.target.split("."):
+            value = getattr(value, part)
+        return value
+    raise NotTraceable(f"the traced graph has a node the engine cannot run ({node.op})")
+
+
+def local_op(node: fx.Node, values: dict, dependent: dict, modules: dict[str, nn.Module],
+             run: Callable) -> LocalOp | None:
+    """The node as a local operation on its input-dependent sources (a window op or a pointwise one), or None."""
+    out = values.get(node)
+    if not isinstance(out, torch.Tensor) or out.ndim != 4 or out.shape[0] != 1:
+        return None
+    sources = [a for a in node.all_input_nodes if dependent[a]]
+    if not sources or any(not isinstance(values[s], torch.Tensor) or values[s].ndim != 4 for s in sources):
+        return None
+    if node.op == "call_module":
+        module = modules[node.target]
+        if len(sources) != 1 or len(node.args) != 1 or node.kwargs:
+            return None
+        op = window_op(module, values[sources[0]].shape, out.shape)
+        if op is not None:
+            op.sources = sources
+            return op
+        return pointwise_op(node, sources, values, run) if is_pointwise_module(module) else None
+    pointwise = (node.op == "call_function" and node.target in POINTWISE_FUNCTIONS | BINARY_FUNCTIONS) or \
+        (node.op == "call_method" and node.target in POINTWISE_METHODS)
+    return pointwise_op(node, sources, values, run) if pointwise else None
+
+
 class NotTraceable(Exception):
     """The traced graph cannot be used (the message says why); the plain batched engine takes over."""
 

@@ -19,19 +19,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from convlens.engine.batched import ACTIVATION_COPIES, model_output
-from convlens.engine.ops import (
-    BINARY_FUNCTIONS,
-    POINTWISE_FUNCTIONS,
-    POINTWISE_METHODS,
-    Box,
-    LocalOp,
-    NotTraceable,
-    is_pointwise_module,
-    last_uses,
-    mutates,
-    pointwise_op,
-    window_op,
-)
+from convlens.engine.ops import Box, LocalOp, NotTraceable, last_uses, local_op, mutates, run_node
 from convlens.engine.regions import Regions, fit, gather, hull, scatter
 from convlens.errors import ConvlensError
 from convlens.models.loading import preferred_memory_format
@@ -98,6 +86,10 @@ class RegionalEngine:
         full_bytes = [v.numel() * v.element_size() for n, v in values.items()
                       if self.dependent[n] and n not in self.regional and isinstance(v, torch.Tensor)]
         self.per_sample_bytes = ACTIVATION_COPIES * max(full_bytes, default=inputs.numel() * inputs.element_size())
+        # Held for the engine's life, whatever the batch: the clean maps pasted into and the padded maps read.
+        kept = [v for n, v in self.clean.items() if self.dependent[n] and isinstance(v, torch.Tensor)]
+        kept += [r.clean for r in self.reads.values() if r is not None]
+        self.kept_bytes = sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in kept}.values())
 
     def _plan_input_patches(self) -> None:
         """The input's box holds each variant's rectangle; where a rectangle is smaller than the box (cropped
@@ -122,18 +114,7 @@ class RegionalEngine:
     # -- the clean pass and the plan --
 
     def _run(self, node: fx.Node, args, kwargs):
-        if node.op == "call_module":
-            return self.modules[node.target](*args, **kwargs)
-        if node.op == "call_function":
-            return node.target(*args, **kwargs)
-        if node.op == "call_method":
-            return getattr(args[0], node.target)(*args[1:], **kwargs)
-        if node.op == "get_attr":
-            value = self.net
-            for part in node.target.split("."):
-                value = getattr(value, part)
-            return value
-        raise NotTraceable(f"the traced graph has a node the engine cannot run ({node.op})")
+        return run_node(self.net, self.modules, node, args, kwargs)
 
     def _clean_pass_in_some_format(self) -> dict[fx.Node, object]:
         """The clean pass in the preferred memory format, else contiguous (a model may ``view`` a conv output);
@@ -179,24 +160,7 @@ class RegionalEngine:
         return dependent
 
     def _local_op(self, node: fx.Node, values: dict) -> LocalOp | None:
-        out = values.get(node)
-        if not isinstance(out, torch.Tensor) or out.ndim != 4 or out.shape[0] != 1:
-            return None
-        sources = [a for a in node.all_input_nodes if self.dependent[a]]
-        if not sources or any(not isinstance(values[s], torch.Tensor) or values[s].ndim != 4 for s in sources):
-            return None
-        if node.op == "call_module":
-            module = self.modules[node.target]
-            if len(sources) != 1 or len(node.args) != 1 or node.kwargs:
-                return None
-            op = window_op(module, values[sources[0]].shape, out.shape)
-            if op is not None:
-                op.sources = sources
-                return op
-            return pointwise_op(node, sources, values, self._run) if is_pointwise_module(module) else None
-        pointwise = (node.op == "call_function" and node.target in POINTWISE_FUNCTIONS | BINARY_FUNCTIONS) or \
-            (node.op == "call_method" and node.target in POINTWISE_METHODS)
-        return pointwise_op(node, sources, values, self._run) if pointwise else None
+        return local_op(node, values, self.dependent, self.modules, self._run)
 
     def _plan_regions(self, values: dict) -> dict[fx.Node, tuple]:
         """Regional nodes and, per axis, the interval each variant can change: ``{node: (rlo, rhi, clo, chi)}``."""

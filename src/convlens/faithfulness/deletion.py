@@ -7,7 +7,10 @@ to zero in the model's normalised input space; insertion starts from a blurred c
 the original pixels back. The score after ``k`` steps is the softmax probability of the explained class; the
 curve has ``ceil(HW / step) + 1`` points and its area is the trapezoid rule on [0, 1]. ``step`` is 224 pixels at
 224 x 224, scaled with the area otherwise. Every (image, step) input is built from the pixel ranks in one
-vectorised ``torch.where`` and the inputs run in batches.
+vectorised ``torch.where``. By default consecutive steps run on the step engine (``convlens.engine.stepwise``):
+each image's game is cut into segments, every segment's first input runs in full and the steps after it
+recompute only the positions the step's pixels can change, where that is a small share of the network (else,
+and with ``engine="batched"``, every input runs in full).
 """
 
 from __future__ import annotations
@@ -21,11 +24,16 @@ from torch import nn
 
 from convlens.errors import ConvlensError
 from convlens.faithfulness.perturb import class_probabilities
+from convlens.faithfulness.stepwise import MAX_WORK, stepwise_scores
 from convlens.progress import ProgressLike
 
 BLUR_SIZE, BLUR_SIGMA = 11, 5.0
 REFERENCE_AREA, REFERENCE_STEP = 224 * 224, 224
 MODES = ("deletion", "insertion")
+ENGINES = ("auto", "stepwise", "batched")
+# Below this many game points in all, the step engine's set-up (tracing, planning, a probe step: tens of
+# milliseconds) weighs more than it could save: "auto" runs the plain loop.
+MIN_STEPWISE_POINTS = 1000
 
 
 def pixels_per_step(height: int, width: int) -> int:
@@ -62,10 +70,19 @@ def salience_ranks(maps: torch.Tensor) -> torch.Tensor:
 
 def causal_curves(module: nn.Module, inputs: torch.Tensor, maps: torch.Tensor, classes: torch.Tensor,
                   mode: str, step: int | None = None, batch_size: int = 64,
-                  progress: ProgressLike = False) -> torch.Tensor:
-    """``N x (steps + 1)`` class probabilities along the deletion or insertion game."""
+                  progress: ProgressLike = False, engine: str = "auto") -> torch.Tensor:
+    """``N x (steps + 1)`` class probabilities along the deletion or insertion game.
+
+    ``engine``: ``"stepwise"`` recomputes, from each step to the next, only what the changed pixels can change
+    (``convlens.engine.stepwise``; where the model's graph cannot be used, the batched loop runs instead);
+    ``"batched"`` runs every step's input in full, ``batch_size`` at a time; ``"auto"`` is ``"stepwise"`` unless
+    its first step recomputes more than ``MAX_WORK`` of a full pass or the games have fewer than
+    ``MIN_STEPWISE_POINTS`` points in all (then ``"batched"``).
+    """
     if mode not in MODES:
         raise ConvlensError(f"unknown mode {mode!r}; use deletion or insertion")
+    if engine not in ENGINES:
+        raise ConvlensError(f"unknown engine {engine!r}; use {', '.join(ENGINES)}")
     count, _, height, width = inputs.shape
     area = height * width
     step = pixels_per_step(height, width) if step is None else int(step)
@@ -75,6 +92,12 @@ def causal_curves(module: nn.Module, inputs: torch.Tensor, maps: torch.Tensor, c
     substrate = torch.zeros_like(inputs) if mode == "deletion" else blurred(inputs)
     start, finish = (inputs, substrate) if mode == "deletion" else (substrate, inputs)
     ranks = salience_ranks(maps).to(inputs.device)
+    classes = classes.to(inputs.device)
+    if engine == "stepwise" or (engine == "auto" and count * (steps + 1) >= MIN_STEPWISE_POINTS):
+        scores = stepwise_scores(module, start, finish, ranks, classes, step, progress, f"{mode}: steps",
+                                 max_work=MAX_WORK if engine == "auto" else None)
+        if scores is not None:
+            return scores
     per_image = steps + 1
 
     def build(first: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,7 +106,7 @@ def causal_curves(module: nn.Module, inputs: torch.Tensor, maps: torch.Tensor, c
         replaced = (ranks[owners] < done[:, None]).view(-1, 1, height, width)
         return torch.where(replaced, finish[owners], start[owners]), owners
 
-    scores = class_probabilities(module, count * per_image, build, classes.to(inputs.device), batch_size,
+    scores = class_probabilities(module, count * per_image, build, classes, batch_size,
                                  progress, f"{mode}: perturbed inputs")
     return scores.view(count, per_image)
 

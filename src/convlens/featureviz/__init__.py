@@ -10,7 +10,7 @@ from convlens.featureviz.objectives import OBJECTIVES, Objective, diversity_pena
 from convlens.featureviz.optimize import feature_viz
 from convlens.featureviz.param import FourierImage, spectrum_scale, to_rgb
 from convlens.featureviz.result import FeatureVizResult, NaturalReference
-from convlens.featureviz.transforms import Robustness
+from convlens.featureviz.transforms import TRANSFORMS, Robustness, named_robustness
 
 __all__ = [
     "OBJECTIVES",
@@ -19,8 +19,10 @@ __all__ = [
     "NaturalReference",
     "Objective",
     "Robustness",
+    "TRANSFORMS",
     "diversity_penalty",
     "feature_viz",
+    "named_robustness",
     "spectrum_scale",
     "to_rgb",
 ]

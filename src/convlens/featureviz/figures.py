@@ -69,3 +69,38 @@ def curves_figure(result):
         axis.legend(title="unit", fontsize=6, ncol=2, loc="lower right")
     figure.tight_layout()
     return figure
+
+
+def examples_figure(result, top, per_row: int = 4, block_inches: float = 3.6, label: str | None = None):
+    """Each unit's visualization beside its top-9 image patches (a ``convlens.top_activations`` result over the
+    same units, in any order), as on OpenAI Microscope: a block per unit, the visualization on the left, the
+    patches 3 x 3 on the right, strongest first (row by row)."""
+    from matplotlib.gridspec import GridSpec
+
+    row_of = {int(unit): row for row, unit in enumerate(top.units)}
+    missing = [unit for unit in result.units if unit not in row_of]
+    if missing:
+        raise ValueError(f"units {missing} have no top-k patches")
+    count = len(result.units)
+    rows, cols = grid_shape(count, min(per_row, count))
+    figure = plt.figure(figsize=(cols * block_inches, rows * (block_inches / 2 + 0.3) + 0.3))
+    grid = GridSpec(rows, cols, figure=figure, wspace=0.12, hspace=0.3)
+    for index, unit in enumerate(result.units):
+        block = grid[index // cols, index % cols].subgridspec(3, 6, wspace=0.06, hspace=0.06)
+        axis = figure.add_subplot(block[:, :3])
+        axis.imshow(result.images[index, 0].permute(1, 2, 0).numpy(), interpolation="nearest")
+        axis.set_xticks([])
+        axis.set_yticks([])
+        text, color = _title(result, index)
+        axis.set_title(text.replace("\n", ", ", 1).replace("\n", "; "), fontsize=7, color=color, loc="left")
+        row = row_of[int(unit)]
+        for rank in range(9):
+            patch_axis = figure.add_subplot(block[rank // 3, 3 + rank % 3])
+            patch_axis.axis("off")
+            if rank < top.k and top.images[row, rank] >= 0:
+                patch_axis.imshow(top.patches[row, rank], interpolation="nearest")
+    name = label or result.model.get("spec", "model")
+    figure.suptitle(f"{name}, {result.layer}: feature visualization ({result.objective} objective, "
+                    f"{result.parameters.get('steps')} steps, {result.parameters['size'][0]} px) beside the top-9 "
+                    "image patches", fontsize=10)
+    return figure

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 SCALES = tuple(1 + (i - 5) / 50.0 for i in range(11))
 ANGLES = tuple(range(-10, 11)) + (0,) * 5
+LUCID_SIDE = 224  # the image side Lucid's pixel values were chosen for
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,15 @@ class Robustness:
     @classmethod
     def none(cls) -> Robustness:
         return cls(pad=0, jitter=1, scales=(1.0,), angles=(0.0,), jitter_after=1)
+
+    @classmethod
+    def scaled(cls, side: int, reference_side: int = LUCID_SIDE) -> Robustness:
+        """Lucid's pad and jitters (chosen for 224 px images) scaled to an image of ``side`` pixels: the pad and
+        each jitter's largest shift (Lucid: 12, 7 and 3 px) times ``side / 224``, rounded; scale and rotation are
+        relative and stay. 32 px: pad 2, shifts up to 1 px then 0 px; 128 px: pad 7, up to 4 then 2 px."""
+        ratio = side / reference_side
+        # ``jitter=n`` draws shifts 0..n-1, so the largest shift is n - 1
+        return cls(pad=round(12 * ratio), jitter=round(7 * ratio) + 1, jitter_after=round(3 * ratio) + 1)
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """``images`` (``N x 3 x H x W`` in [0, 1]) padded and randomly transformed; the size grows by 2 * pad."""
@@ -59,3 +69,16 @@ class Robustness:
         theta = theta.to(images.device, images.dtype)
         grid = F.affine_grid(theta, list(images.shape), align_corners=False)
         return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+TRANSFORMS = ("lucid", "scaled", "none")
+
+
+def named_robustness(name: str, side: int) -> Robustness:
+    """``lucid`` (Lucid's pixel values), ``scaled`` (those scaled to images of ``side`` pixels) or ``none``."""
+    makers = {"lucid": Robustness, "scaled": lambda: Robustness.scaled(side), "none": Robustness.none}
+    if name not in makers:
+        from convlens.errors import ConvlensError
+
+        raise ConvlensError(f"transforms {name!r}: choose one of {', '.join(TRANSFORMS)}")
+    return makers[name]()

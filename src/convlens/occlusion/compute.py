@@ -99,7 +99,7 @@ def occlusion(model: ImageClassifier | nn.Module, image: torch.Tensor | str | Pa
         channel = int(totals.argmax())
         (resolved,) = resolve_targets(model, target, clean_logits, score)
         clean_score = float(target_scores([resolved], clean_logits)[0])
-        batch = batch_size or auto_batch_size(engine.per_sample_bytes, engine.device)
+        batch = batch_size or auto_batch_size(engine.per_sample_bytes, engine.device, kept_bytes=engine.kept_bytes)
         row_index, col_index = regions.grid(engine.device)
 
         def evaluate(start: int, stop: int) -> tuple[torch.Tensor, ...]:

@@ -21,7 +21,8 @@ def memory_budget(device: torch.device) -> int:
     return min(available // 8, 2 * 2**30)
 
 
-def auto_batch_size(per_sample_bytes: int, device: torch.device, limit: int = MAX_AUTO_BATCH) -> int:
-    """Samples per forward pass when one costs ``per_sample_bytes`` (an engine's ``per_sample_bytes``): 1 to
-    ``limit``."""
-    return int(max(1, min(limit, memory_budget(device) // max(1, per_sample_bytes))))
+def auto_batch_size(per_sample_bytes: int, device: torch.device, limit: int = MAX_AUTO_BATCH,
+                    kept_bytes: int = 0) -> int:
+    """Samples per forward pass when one costs ``per_sample_bytes`` (an engine's ``per_sample_bytes``) and
+    ``kept_bytes`` are held throughout (an engine's clean maps): 1 to ``limit``."""
+    return int(max(1, min(limit, (memory_budget(device) - kept_bytes) // max(1, per_sample_bytes))))

@@ -9,6 +9,7 @@ images feeds the predictions, the feature maps, the top-k tables and the histogr
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 import sys
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ import numpy as np
 
 from convlens.models.classifier import ImageClassifier
 from convlens.progress import ProgressLike, track
-from convlens.report.collect import Collected, Options, collect
+from convlens.report.collect import Collected, FeatureVizOptions, Options, collect
 from convlens.report.collect import arrays as collected_arrays
 from convlens.result import Result
 
@@ -49,7 +50,11 @@ class Report(Result):
                       "units": {name: units for name, units in c.unit_pages.items()}},
             "predictions": [[p.to_dict() for p in i.predictions] for i in c.images],
             "layers": c.layers, "cam_layer": c.cam_layer, "projection_layer": c.projection_layer,
-            "parameters": {key: value for key, value in vars(c.options).items()},
+            "parameters": {key: dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+                           for key, value in vars(c.options).items()},
+            "feature_viz": {name: fv if isinstance(fv, str) else {"units": list(fv.units),
+                                                                  "flagged_units": fv.summary()["flagged_units"]}
+                            for name, fv in c.feature_viz.items()},
             "notes": notes, "seconds": c.seconds, "compute_seconds": sum(c.seconds.values()),
         }
 
@@ -94,8 +99,9 @@ class Report(Result):
 def report(model: ImageClassifier | str, images, out: str | Path | None = None, *, layers: list[str] | None = None,
            units: int | None = 16,
            k: int = 9, methods: list[str] | None = None, cam_layer: str | None = None, details: int = 8,
-           rule: str = "auto", feature_viz: bool = False, batch_size: int = 32,
-           progress: ProgressLike = False) -> Report:
+           rule: str = "auto", feature_viz: bool | FeatureVizOptions = False, batch_size: int = 32,
+           progress: ProgressLike = False, ray: str | None = None, workers: int = 1,
+           gpus_per_worker: float = 0.0) -> Report:
     """Compute everything the report shows for ``images`` (files or folders); ``.save(out)`` writes it (at once
     when ``out`` is given).
 
@@ -104,7 +110,9 @@ def report(model: ImageClassifier | str, images, out: str | Path | None = None, 
     (default the eight classic ones) at ``cam_layer`` (default the last spatial convolution). ``details``: how
     many images get the long parts (occlusion, invariance, projections). ``rule``: deconv rule of the unit pages'
     projections (``auto``: guided on strided networks, deconvnet where only pooling downsamples).
-    ``feature_viz``: a feature visualization per unit page (long).
+    ``feature_viz``: a feature visualization per unit page (long); a ``FeatureVizOptions`` chooses layers, how many
+    units, steps, size and a diversity set. ``ray``: ``local``, ``auto`` or an address runs the shared pass over
+    the images on Ray (``workers`` actors, ``gpus_per_worker`` each; the same report).
     """
     from convlens.errors import ConvlensError
 
@@ -114,20 +122,42 @@ def report(model: ImageClassifier | str, images, out: str | Path | None = None, 
         model = load_model(model)
     if k < 1 or (units is not None and units < 1) or details < 0 or batch_size < 1:
         raise ConvlensError("k, units and batch_size must be at least 1, details at least 0")
-    from convlens.report.compute import check_rule
+    from convlens.report import compute
 
-    check_rule(rule)
+    compute.check_rule(rule)
+    feature_viz = _feature_viz_plan(feature_viz, layers or compute.default_layers(model))
     options = Options(tuple(layers) if layers else None, units, k, tuple(methods) if methods else None, cam_layer,
                       details, rule, feature_viz, batch_size)
     command = " ".join(shlex.quote(a) for a in ["convlens", *sys.argv[1:]]) if Path(sys.argv[0]).name in (
         "convlens", "__main__.py") else "convlens.report(...)"
-    result = Report(collect(model, images, options, progress), command)
+    ray_options = None
+    if ray is not None:
+        from convlens.distributed import RayOptions
+
+        ray_options = RayOptions(ray, workers, gpus_per_worker)
+    result = Report(collect(model, images, options, progress, ray_options), command)
     if out is not None:
         result.save(out, progress=progress)
     return result
 
 
-__all__ = ["Report", "report"]
+def _feature_viz_plan(feature_viz: bool | FeatureVizOptions, layers: list[str]) -> FeatureVizOptions | None:
+    """``report``'s ``feature_viz`` as options (None: none), its layers among the report's, checked before work."""
+    from convlens.errors import ConvlensError
+
+    plan = FeatureVizOptions() if feature_viz is True else feature_viz or None
+    if plan is None:
+        return None
+    if plan.steps < 1 or plan.diversity < 1 or (plan.units is not None and plan.units < 1):
+        raise ConvlensError("feature visualization: steps, diversity and units must be at least 1")
+    if plan.layers is not None and set(plan.layers) - set(layers):
+        missing = sorted(set(plan.layers) - set(layers))
+        raise ConvlensError(f"feature visualization layer {missing[0]!r} has no pages in this report: add it to "
+                            "the report's layers")
+    return plan
+
+
+__all__ = ["FeatureVizOptions", "Report", "report"]
 
 from convlens._callable import callable_package  # noqa: E402
 

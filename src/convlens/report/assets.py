@@ -37,6 +37,8 @@ tr.shown td:first-child { font-weight: 600; }
 .preds .meter span { display: block; height: 4px; background: var(--accent); border-radius: 2px; }
 .figure { overflow-x: auto; margin: .6em 0; }
 .figure img { max-width: none; border: 1px solid var(--line); cursor: zoom-in; }
+.figure.wide::before { content: "wider than the page: scroll sideways, or click it to open it full size";
+  display: block; font-size: .8em; color: var(--muted); margin-bottom: .2em; }
 .legend { display: flex; align-items: center; gap: .5em; font-size: .86em; margin: .4em 0 .8em; }
 .legend .bar { display: inline-block; width: 220px; height: 12px; border: 1px solid var(--line); }
 .legend em { color: var(--muted); }
@@ -50,6 +52,7 @@ tr.shown td:first-child { font-weight: 600; }
   margin: 0 6px 8px 0; flex-direction: column; font-size: .78em; }
 .pair .imgs { display: flex; gap: 4px; }
 .pair img { width: 96px; height: 96px; image-rendering: pixelated; }
+.pair.large img { width: 150px; height: 150px; } .pair.large { font-size: .82em; max-width: 312px; }
 .bar-cell { width: 160px; } .bar-cell span { display: block; height: 8px; background: #3b6ea5; }
 nav.units { display: flex; gap: 1em; align-items: center; margin: .4em 0 1em; flex-wrap: wrap; }
 nav.units a, nav.units span.off { border: 1px solid var(--line); border-radius: 6px; padding: .2em .7em; }
@@ -88,6 +91,22 @@ JS = """
       });
     });
   }
+  // Figures wider than the column shrink to fit, down to 3/4 of their size (their text stays readable); wider
+  // ones scroll sideways and say so.
+  function fit(img) {
+    var box = img.closest('.figure');
+    if (!box || !img.naturalWidth) return;
+    var room = box.clientWidth - 2;
+    var width = Math.min(img.naturalWidth, Math.max(room, Math.round(0.75 * img.naturalWidth)));
+    img.style.width = width + 'px';
+    img.style.height = 'auto';
+    box.classList.toggle('wide', width > room);
+  }
+  var figures = document.querySelectorAll('.figure img');
+  figures.forEach(function (img) {
+    if (img.complete) { fit(img); } else { img.addEventListener('load', function () { fit(img); }); }
+  });
+  window.addEventListener('resize', function () { figures.forEach(fit); });
   // Figures open full size on a click (the link still works without script).
   var box = document.createElement('div');
   box.id = 'lightbox';

@@ -30,6 +30,19 @@ class ImageEntry:
 
 
 @dataclass(frozen=True)
+class FeatureVizOptions:
+    """What ``report(feature_viz=...)`` optimises: on each of ``layers`` (None: every layer with pages), the
+    ``units`` strongest of its unit pages (None: every one), ``steps`` Adam steps at ``size`` px (None: the model's
+    input size), ``diversity`` images per unit (more than 1: Lucid's diversity set, shown on the unit page)."""
+
+    layers: tuple[str, ...] | None = None
+    units: int | None = None
+    steps: int = 512
+    size: int | None = None
+    diversity: int = 1
+
+
+@dataclass(frozen=True)
 class Options:
     layers: tuple[str, ...] | None = None  # None: the end of each stage (``featuremaps.default_layers``)
     units: int | None = 16  # unit pages per layer, strongest mean activation first; None: every unit
@@ -38,7 +51,7 @@ class Options:
     cam_layer: str | None = None
     details: int = 8  # images that get occlusion, invariance and deconv projections (long to compute)
     rule: str = "auto"  # deconv rule of the unit pages' projections (auto: guided on strided networks)
-    feature_viz: bool = False  # feature visualization of every unit with a page (long)
+    feature_viz: FeatureVizOptions | None = None  # feature visualization on the unit pages (long); None: none
     batch_size: int = 32
     max_cam_passes: int = 4096  # Score-CAM / Ablation-CAM beyond this many forward passes: a note (unless asked)
 
@@ -84,7 +97,9 @@ def slugs(paths: Sequence[Path]) -> list[str]:
     return [f"{i:0{width}d}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', p.stem)[:40]}" for i, p in enumerate(paths)]
 
 
-def collect(model: ImageClassifier, images, options: Options, progress: ProgressLike = False) -> Collected:
+def collect(model: ImageClassifier, images, options: Options, progress: ProgressLike = False,
+            ray=None) -> Collected:
+    """``ray``: ``distributed.RayOptions`` to run the shared pass on Ray (``report.on_ray``; same scan)."""
     paths = image_paths(images)
     layers = list(options.layers) if options.layers else compute.default_layers(model)
     steps = ["scan", "examples", "cam", "details", "faithfulness"] + (["feature_viz"] if options.feature_viz else [])
@@ -94,7 +109,12 @@ def collect(model: ImageClassifier, images, options: Options, progress: Progress
     for step in track(steps, len(steps), "report", progress if callable(progress) else False):
         start = time.perf_counter()
         if step == "scan":
-            scan = shared_pass(model, paths, layers, options.k, options.batch_size, progress)
+            if ray is None:
+                scan = shared_pass(model, paths, layers, options.k, options.batch_size, progress)
+            else:
+                from convlens.report.on_ray import scan_on_ray
+
+                scan = scan_on_ray(model, paths, layers, options.k, options.batch_size, ray, progress)
             result = _start(model, paths, scan, layers, options)
         else:
             STEPS[step](result, progress)
@@ -186,9 +206,14 @@ def _faithfulness(result: Collected, progress: ProgressLike) -> None:
 
 
 def _feature_viz(result: Collected, progress: ProgressLike) -> None:
+    plan = result.options.feature_viz
     paths = [entry.path for entry in result.images]
-    for name in result.layers:
-        result.feature_viz[name] = compute.feature_visualization(result.model, name, result.unit_pages[name], paths)
+    for name in result.layers if plan.layers is None else plan.layers:
+        pages = set(result.unit_pages[name])
+        strongest = [int(u) for u in result.scan.layers[name].ranking if int(u) in pages]
+        units = sorted(strongest if plan.units is None else strongest[:plan.units])
+        result.feature_viz[name] = compute.feature_visualization(
+            result.model, name, units, paths, steps=plan.steps, size=plan.size, diversity=plan.diversity)
 
 
 def arrays(result: Collected) -> dict[str, np.ndarray]:

@@ -60,10 +60,13 @@ def occlusion(model: ImageClassifier, inputs: torch.Tensor, name: str, window: i
               stride: int | None = None, target: Any = None, progress: ProgressLike = False):
     """``convlens.occlusion`` of one image (``1 x 3 x H x W``): ``figures()`` hold the Fig. 7 panels and the
     attribution overlay."""
+    import dataclasses
+
     from convlens.occlusion import occlusion as method
 
-    return method(model, inputs, target="predicted" if target is None else target, window=window, stride=stride,
-                  progress=progress)
+    result = method(model, inputs, target="predicted" if target is None else target, window=window, stride=stride,
+                    progress=progress)
+    return dataclasses.replace(result, image=name)  # figures say "occlusion of NAME", not "of tensor"
 
 
 def invariance(model: ImageClassifier, images: Sequence, points: dict[str, int] | None = None,
@@ -181,7 +184,9 @@ def default_cam_layer(model: ImageClassifier) -> str:
 
 # --- capabilities built by other work: used where they exist -------------------------------------------------
 def faithfulness(model: ImageClassifier, inputs: torch.Tensor, method: str = "gradcam"):
-    """Faithfulness scores of a CAM method on the images, or a ``str`` saying why there are none."""
+    """Average drop and increase in confidence (Chattopadhay et al. 2018) of a CAM method on the images: one more
+    forward pass per image (deletion, insertion and ROAD take hundreds: ``convlens faithfulness``); or a ``str``
+    saying why there are none."""
     import convlens
 
     try:
@@ -191,14 +196,15 @@ def faithfulness(model: ImageClassifier, inputs: torch.Tensor, method: str = "gr
     if not callable(function):
         return "faithfulness scores are not part of this convlens version yet (`convlens.faithfulness`)"
     try:
-        return function(model, inputs, method=method)
+        return function(model, inputs, methods=[method], metrics=["drop"])
     except (ConvlensError, TypeError, ValueError, RuntimeError) as exc:
         return f"faithfulness scores could not be computed: {exc}"
 
 
-def feature_visualization(model: ImageClassifier, layer: str, units: Sequence[int], reference=None):
+def feature_visualization(model: ImageClassifier, layer: str, units: Sequence[int], reference=None, **options):
     """Feature visualizations of ``units`` of ``layer`` (one batch), compared with the natural ``reference``
-    images where given; or a ``str`` saying why there are none."""
+    images where given (``options``: ``feature_viz``'s steps, size, diversity); or a ``str`` saying why there are
+    none."""
     import convlens
 
     try:
@@ -206,7 +212,7 @@ def feature_visualization(model: ImageClassifier, layer: str, units: Sequence[in
     except (ImportError, AttributeError):
         return "feature visualization is not part of this convlens version yet (`convlens.feature_viz`)"
     try:
-        return function(model, layer, list(units), reference=reference)
+        return function(model, layer, list(units), reference=reference, **options)
     except (ConvlensError, TypeError, ValueError, RuntimeError) as exc:
         return f"feature visualization could not be computed: {exc}"
 

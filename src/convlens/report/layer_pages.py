@@ -10,6 +10,7 @@ from convlens.report import compute, pngs
 from convlens.report.assets import page
 from convlens.report.collect import Collected
 from convlens.report.pages import Writer, e, guarded, note, zoom_figure
+from convlens.report.unit_featureviz import computed_for, feature_viz_section
 
 
 def write_layer_page(collected: Collected, layer: str, write: Writer) -> None:
@@ -107,12 +108,16 @@ def write_unit_page(collected: Collected, layer: str, unit: int, write: Writer) 
     body = [f"<h1>{e(layer)}, unit {unit}</h1>{nav}<p class='lead'>Rank {rank} of {scan.channels} by mean "
             f"activation over the {len(collected.images)} images (mean {scan.means[:, unit].mean():.4g}, strongest "
             f"{scan.maxima[:, unit].max():.4g}).</p>",
-            guarded("Filter", _unit_filter, collected, layer, unit, folder, write),
+            guarded("Filter", _unit_filter, collected, layer, unit, folder, write)]
+    # computed, the visualization comes first, above the top-k patches it is read beside (as on Microscope)
+    visualization = guarded("Feature visualization", feature_viz_section, collected, layer, unit, folder, write)
+    first = computed_for(collected, layer)
+    body += ([visualization] if first else []) + [
             guarded("Top activations", _unit_top, collected, layer, unit, folder, write),
             "<h2>Activation histogram</h2><p class='lead'>Every activation of this unit, at every position of "
             "every image (counts on a log scale; values outside the first batch's range are counted in the end "
-            "bins).</p>" + pngs.histogram_svg(scan.histogram_counts[unit], scan.histogram_edges),
-            guarded("Feature visualization", _unit_feature_viz, collected, layer, unit, folder, write)]
+            "bins).</p>" + pngs.histogram_svg(scan.histogram_counts[unit], scan.histogram_edges)] + (
+            [] if first else [visualization])
     write(f"{folder}.html").write_text(page(f"{layer} unit {unit}", "../../../", "".join(body),
                                             [(layer, "../index.html"), (f"unit {unit}", f"{unit}.html")]))
 
@@ -174,24 +179,3 @@ def _unit_top(collected: Collected, layer: str, unit: int, folder: str, write: W
     shown = len(cells)
     extra = f" Only {shown} images were given, so {k - shown} slots stay empty." if shown < k else ""
     return head.replace("</p>", f"{extra}</p>") + "".join(cells)
-
-
-def _unit_feature_viz(collected: Collected, layer: str, unit: int, folder: str, write: Writer) -> str:
-    head = ("<h2>Feature visualization</h2><p class='lead'>An input optimised to excite this unit, and how far "
-            "it drives the unit compared with the best of the report's images.</p>")
-    result = collected.feature_viz.get(layer)
-    if result is None:
-        return head + note("Feature visualization: long to compute, not asked for (`convlens report ... "
-                           "--feature-viz`).")
-    if isinstance(result, str):
-        return head + note(f"Feature visualization: {result}")
-    arrays, summary = result.arrays(), result.summary()
-    row = [int(u) for u in arrays["units"]].index(unit)
-    pngs.write_rgb(np.transpose(arrays["images"][row], (1, 2, 0)), write(f"{folder}/feature-viz.png"), min_side=224)
-    facts = summary["units"][row]
-    text = f"the unit reaches {facts['reached'][0]:.3g}"
-    if "natural_top1" in facts:
-        text += f" (best of the images: {facts['natural_top1']:.3g})"
-    return (head + f"<div class='cards'><div class='card'><a class='zoom' href='{unit}/feature-viz.png'><img "
-            f"src='{unit}/feature-viz.png' alt='feature visualization'></a><div class='caption'>{e(text)}</div>"
-            "</div></div>")

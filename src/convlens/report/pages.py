@@ -142,7 +142,7 @@ def write_image_page(collected: Collected, entry: ImageEntry, write: Writer) -> 
         f"<a class='zoom' href='{entry.slug}/input.png'><img src='{entry.slug}/input.png' alt='input'></a>"
         f"{predictions_list(entry)}</div></div>",
         guarded("Class activation maps", _cam_section, collected, entry, image, folder, write),
-        guarded("Projections of the strongest units", _projection_section, collected, entry, folder, write),
+        guarded("Projections of the strongest units", _projection_section, collected, entry, image, folder, write),
         guarded("Occlusion", _figure_section, "Occlusion", OCCLUSION_TEXT, collected.occlusions.get(entry.index),
                 folder, entry.slug, write),
         guarded("Invariance", _figure_section, "Invariance", INVARIANCE_TEXT,
@@ -190,13 +190,15 @@ def _cam_section(collected: Collected, entry: ImageEntry, image: np.ndarray, fol
             + f"<div class='cards'>{''.join(cards)}</div>" + "".join(notes))
 
 
-def _projection_section(collected: Collected, entry: ImageEntry, folder: str, write: Writer) -> str:
+def _projection_section(collected: Collected, entry: ImageEntry, image: np.ndarray, folder: str,
+                        write: Writer) -> str:
     result = collected.projections.get(entry.index)
     layer = collected.projection_layer
     head = (f"<h2>Projections of the strongest units</h2><p class='lead'>The four units of <a href='"
             f"{e(layer_href(layer, '../'))}'>{e(layer)}</a> that fire hardest on this image, each peak activation "
             "fed back down to the pixels (Zeiler &amp; Fergus): the deconvnet rule rectifies the signal coming down; "
-            "guided backprop also keeps the forward pass's ReLU masks. Grey is zero.</p>")
+            "guided backprop also keeps the forward pass's ReLU masks. Each projection is cropped to the pixels it "
+            "reaches, beside the same crop of the image; grey is zero.</p>")
     if result is None or isinstance(result, str):
         return head + note(f"Projections: {result or 'not computed'}")
     rows = []
@@ -204,16 +206,37 @@ def _projection_section(collected: Collected, entry: ImageEntry, folder: str, wr
         arrays = deconv.arrays()
         tiles = []
         for n, unit in enumerate(int(u) for u in arrays["units"]):
+            top, bottom, left, right = _support(arrays["projection"][n])
             src = f"{entry.slug}/projection-{rule}-{unit}.png"
-            pngs.write_rgb(compute.projection_image(arrays["projection"][n]), write(f"images/{src}"))
+            patch = f"{entry.slug}/patch-{rule}-{unit}.png"
+            pngs.write_rgb(compute.projection_image(arrays["projection"][n])[top:bottom, left:right],
+                           write(f"images/{src}"))
+            pngs.write_rgb(image[top:bottom, left:right], write(f"images/{patch}"))
             label = (f"<a href='{e(unit_href(layer, unit, '../'))}'>unit {unit}</a>"
                      if unit in collected.unit_pages.get(layer, []) else f"unit {unit}")
-            tiles.append(f"<div class='card'><a class='zoom' href='{src}'><img src='{src}' alt='{e(rule)} unit "
-                         f"{unit}' loading='lazy'></a><div class='caption'>{e(rule)}: {label}, peak "
-                         f"{float(arrays['peak'][n]):.3g} at {tuple(int(v) for v in arrays['peak_position'][n])}"
-                         "</div></div>")
-        rows.append(f"<div class='cards'>{''.join(tiles)}</div>")
+            row, column = (int(v) for v in arrays["peak_position"][n])
+            tiles.append(f"<div class='pair large'><div class='imgs'><a class='zoom' href='{src}'><img src='{src}' "
+                         f"alt='{e(rule)} projection of unit {unit}' loading='lazy'></a><a class='zoom' "
+                         f"href='{patch}'><img src='{patch}' alt='image patch' loading='lazy'></a></div>"
+                         f"<div>{e(rule)}: {label}, peak {float(arrays['peak'][n]):.3g}<br>at row {row}, column "
+                         f"{column} of its map; pixels {top}-{bottom - 1} down, {left}-{right - 1} across</div>"
+                         "</div>")
+        rows.append(f"<div>{''.join(tiles)}</div>")
     return head + "".join(rows)
+
+
+def _support(projection: np.ndarray, smallest: int = 16) -> tuple[int, int, int, int]:
+    """``top, bottom, left, right`` of the square around the pixels a projection (``3 x H x W``) reaches (at least
+    ``smallest`` pixels a side): the crop that shows it large instead of a speck on a grey image."""
+    strength = np.abs(np.asarray(projection, dtype=np.float64)).sum(axis=0)
+    height, width = strength.shape
+    rows, columns = np.nonzero(strength > 1e-3 * (strength.max() or 1.0))
+    if not len(rows):
+        return 0, height, 0, width
+    side = min(max(rows.max() - rows.min() + 1, columns.max() - columns.min() + 1, smallest), height, width)
+    top = int(np.clip((rows.min() + rows.max() + 1 - side) // 2, 0, height - side))
+    left = int(np.clip((columns.min() + columns.max() + 1 - side) // 2, 0, width - side))
+    return top, top + side, left, left + side
 
 
 def _figure_section(title: str, text: str, result, folder: str, slug: str, write: Writer) -> str:
@@ -228,19 +251,29 @@ def _figure_section(title: str, text: str, result, folder: str, slug: str, write
     return head + "".join(parts)
 
 
+FAITHFULNESS_ROWS = {  # array name prefix -> what the number means
+    "drop": "average drop: the share of the class probability lost when the image is multiplied by the map "
+            "(lower is better)",
+    "increase": "increase in confidence: 1 when the masked image scores higher than the whole image",
+}
+
+
 def _faithfulness_section(collected: Collected, entry: ImageEntry) -> str:
-    head = ("<h2>Faithfulness</h2><p class='lead'>Whether the maps above can be believed: how fast the class "
-            "score falls when the pixels they rank highest are removed, against random orders.</p>")
+    head = ("<h2>Faithfulness</h2><p class='lead'>Whether the Grad-CAM map above can be believed: keep only the "
+            "pixels it points at and see whether the model still finds the class (Chattopadhay et al. 2018). "
+            "Deletion, insertion and ROAD take hundreds of forward passes per image: "
+            "<code>convlens faithfulness</code> computes them.</p>")
     result = collected.faithfulness
     if result is None or isinstance(result, str):
         return head + note(f"Faithfulness: {result or 'not computed'}")
     rows = []
     for name, values in result.arrays().items():
         values = np.asarray(values)
-        if name == "input" or values.ndim == 0 or values.shape[0] != len(collected.images) or values.ndim > 2:
+        metric, _, method = name.partition(".")
+        if metric not in FAITHFULNESS_ROWS or values.ndim != 1 or values.shape[0] != len(collected.images):
             continue
-        value = values[entry.index]
-        shown = f"{float(value):.4g}" if np.ndim(value) == 0 else ", ".join(f"{v:.3g}" for v in np.ravel(value)[:8])
-        rows.append(f"<tr><td>{e(name)}</td><td class='num'>{shown}</td></tr>")
+        title = compute.cam_methods().get(method, method)
+        rows.append(f"<tr><td>{e(title)}</td><td>{e(FAITHFULNESS_ROWS[metric])}</td>"
+                    f"<td class='num'>{float(values[entry.index]):.3g}</td></tr>")
     return head + (f"<table><tbody>{''.join(rows)}</tbody></table>" if rows else
                    note("Faithfulness: no per-image score in its result"))

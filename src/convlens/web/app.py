@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 from fastapi import FastAPI, File, HTTPException, Request, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
@@ -33,23 +34,26 @@ class ExplainRequest(BaseModel):
     arrays: list[str] | None = Field(None, description="names of the arrays to return; default: all")
 
 
-def to_json(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): to_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_json(v) for v in value]
-    if isinstance(value, np.ndarray):
+def array_json(array: np.ndarray) -> dict:
+    """An array for ``json_bytes``: its numbers stay a numpy array, which orjson writes in C, each float32 as
+    the shortest text that reads back to the same float32 (not float64's 17 digits)."""
+    array = np.ascontiguousarray(array)
+    return {"shape": list(array.shape), "dtype": str(array.dtype), "data": array}
+
+
+def json_bytes(content: Any) -> bytes:
+    """JSON of ``content``, numpy arrays included (orjson; arrays of a type it does not write go through
+    ``tolist``)."""
+    return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS,
+                        default=_json_default)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.ndarray, np.generic)):
         return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
     if isinstance(value, Path):
         return str(value)
-    return value
-
-
-def array_json(array: np.ndarray) -> dict:
-    array = np.asarray(array)
-    return {"shape": list(array.shape), "dtype": str(array.dtype), "data": array.tolist()}
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def create_app(model: ImageClassifier, images: list[Path] | None = None, *, workers: int = 1, queue: int = 8,
@@ -74,6 +78,7 @@ def create_app(model: ImageClassifier, images: list[Path] | None = None, *, work
                         "shape": list(r.output_shape)} for r in spatial],
             "methods": explaining.methods(), "max_upload_bytes": max_upload_bytes}
     report_state: dict[str, Any] = {}
+    default_layers: dict[str, Any] = {}  # method -> the layer it explains when none is chosen (found once)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -144,16 +149,18 @@ def create_app(model: ImageClassifier, images: list[Path] | None = None, *, work
             cached = False
             description = f"{request.method} on {stored.name}"
             result = await pool.run(description, lambda m, progress: explaining.explain(
-                m, stored.path, request.method, request.layer, request.unit, target, progress))
+                m, stored.path, request.method, request.layer, request.unit, target, progress, default_layers,
+                stored.name))
             cache.put(key, result)
         wanted = request.arrays if request.arrays is not None else list(result.arrays)
         missing = [name for name in wanted if name not in result.arrays]
         if missing:
             raise HTTPException(400, f"no array {missing[0]!r}; this result has {', '.join(result.arrays)}")
-        # JSONResponse straight away: FastAPI's encoder would walk every number of the arrays one by one
-        return JSONResponse({"key": key, "cached": cached, "figure": f"/api/figures/{key}.png",
-                             "caption": result.caption, "kind": result.kind, "summary": to_json(result.summary),
-                             "arrays": {name: array_json(result.arrays[name]) for name in wanted}})
+        # bytes straight away: FastAPI's encoder would walk every number of the arrays one by one
+        body = {"key": key, "cached": cached, "figure": f"/api/figures/{key}.png", "caption": result.caption,
+                "kind": result.kind, "summary": result.summary,
+                "arrays": {name: array_json(result.arrays[name]) for name in wanted}}
+        return Response(json_bytes(body), media_type="application/json")
 
     @app.get("/api/images/{image_id}/predictions", summary="An image's top-3 classes and probabilities")
     async def image_predictions(image_id: str) -> list[dict]:
@@ -167,11 +174,11 @@ def create_app(model: ImageClassifier, images: list[Path] | None = None, *, work
         return found
 
     @app.get("/api/figures/{key}.png", summary="The figure of a computed result", response_class=Response)
-    async def figure(key: str) -> Response:
+    def figure(key: str) -> Response:  # plain def: FastAPI draws it on its thread pool, off the event loop
         result = cache.get(key)
         if not isinstance(result, explaining.Explained):
             raise HTTPException(404, "no such result (computed results are cached for a while; run it again)")
-        return Response(result.png, media_type="image/png")
+        return Response(result.png(), media_type="image/png")
 
     @app.get("/api/progress", summary="Computations running or waiting, with their progress")
     async def progress() -> list[dict]:
