@@ -20,24 +20,9 @@ import torch
 from torch import fx, nn
 
 from convlens.engine.batched import model_output
-from convlens.engine.ops import NotTraceable, last_uses, mutates, trace
+from convlens.engine.ops import NotTraceable, last_uses, mutates, run_node, trace
 from convlens.hooks import capture, forward_hooks, replace_in_output
 from convlens.models.loading import preferred_memory_format
-
-
-def _run_node(net: nn.Module, modules: dict[str, nn.Module], node: fx.Node, args, kwargs):
-    if node.op == "call_module":
-        return modules[node.target](*args, **kwargs)
-    if node.op == "call_function":
-        return node.target(*args, **kwargs)
-    if node.op == "call_method":
-        return getattr(args[0], node.target)(*args[1:], **kwargs)
-    if node.op == "get_attr":
-        value = net
-        for part in node.target.split("."):
-            value = getattr(value, part)
-        return value
-    raise NotTraceable(f"the traced graph has a node the suffix engine cannot run ({node.op})")
 
 
 def _first_line(error: BaseException) -> str:
@@ -123,7 +108,7 @@ class SuffixEngine:
                 if mutates(node, self.modules):  # keep every stored clean value intact
                     args, kwargs = fx.node.map_aggregate(
                         (args, kwargs), lambda v: v.clone() if isinstance(v, torch.Tensor) else v)
-                values[node] = _run_node(self.net, self.modules, node, args, kwargs)
+                values[node] = run_node(self.net, self.modules, node, args, kwargs)
                 for source in node.all_input_nodes:  # free what nothing later reads (bounded memory)
                     if last[source] is node and source not in keep:
                         values.pop(source, None)
@@ -178,7 +163,7 @@ class SuffixEngine:
             args, kwargs = fx.node.map_arg((node.args, node.kwargs), lambda n: values[n])
             if mutates(node, self.modules) and node.args and node.args[0] in given:
                 args = (args[0].clone(), *args[1:])
-            values[node] = _run_node(self.net, self.modules, node, args, kwargs)
+            values[node] = run_node(self.net, self.modules, node, args, kwargs)
             for done in self.last_use.get(node, ()):
                 if done not in self.cached:
                     values.pop(done, None)
