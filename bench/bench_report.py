@@ -6,7 +6,7 @@
   224 px). The result cache is emptied before every served call (cold cache). Target <= 1.5x. A real uvicorn
   server on 127.0.0.1, a real HTTP client: the cost of HTTP, JSON and the worker hand-off is in the ratio.
   ``CONVLENS_BENCH_PHOTO`` picks another photo (the overhead is fixed, so a small photo shows it more).
-- Report of the 178 leaf validation images (48 in quick mode) with the leaf model (the study's Keras model where
+- Report of the 178 leaf validation images (12 in quick mode) with the leaf model (the study's Keras model where
   this convlens reads Keras files, else the baseline CNN at 32 px, random weights) against the separate library
   calls that make the same content: ``predict``; ``feature_maps`` per image (each image's feature maps at the
   report's layers); ``filters`` of the layers' convolutions; per layer ``top_activations`` + ``top_examples``
@@ -116,7 +116,7 @@ def _report_case(quick: bool, folder: Path) -> BenchCase | None:
     validation = LEAF / "validation"
     if not validation.is_dir():
         return None  # no leaf data (CONVLENS_SHARED_DATA): the case is left out
-    paths = list_images(validation)[: 48 if quick else None]
+    paths = list_images(validation)[: 12 if quick else None]
     details, units = 8, 16
     # the report's default methods but CAM, which needs a global-average-pooling head the leaf models lack
     methods = [m for m in compute.report_cam_methods() if m != "cam"]
