@@ -6,15 +6,9 @@ import json
 
 import numpy as np
 import pytest
+from testkit import run_cli as run
 
 from convlens.cli import main
-
-
-def run(args, capsys):
-    with pytest.raises(SystemExit) as info:
-        main(args)
-    captured = capsys.readouterr()
-    return info.value.code, captured.out, captured.err
 
 
 def test_predict_json_ranks_espresso_first(sample_photos, capsys, tmp_path):

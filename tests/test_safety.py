@@ -20,19 +20,13 @@ import pytest
 import torch
 from PIL import Image
 from testkit import make_image
+from testkit import run_cli as run
 
-from convlens.cli import main
 from convlens.errors import ConvlensError
 from convlens.output import MANIFEST, output_dir
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
-
-def run(args, capsys):
-    with pytest.raises(SystemExit) as info:
-        main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return info.value.code, captured.out, captured.err
 
 
 def one_error_line(err: str) -> str:

@@ -11,6 +11,7 @@ import pytest
 import torch
 from onnx_helpers import TUMOR_CLASSES, export_resnet18, onnxruntime_output, run_without_onnx, tumor_model_path
 from PIL import Image
+from testkit import run_cli as run
 
 import convlens
 from convlens.cam import GradCAM
@@ -20,12 +21,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::U
 CLASSES = "zero,one,two,three,four,five,six,seven,eight,nine"
 RESNET_LAYER = "layer4/layer4/1/relu_1/Relu"
 
-
-def run(args, capsys):
-    with pytest.raises(SystemExit) as info:
-        main(args)
-    captured = capsys.readouterr()
-    return info.value.code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")

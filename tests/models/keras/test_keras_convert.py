@@ -10,17 +10,10 @@ import sys
 import numpy as np
 import pytest
 from keras_helpers import randomize
-
-from convlens.cli import main
+from testkit import run_cli as run
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
-
-def run(args, capsys):
-    with pytest.raises(SystemExit) as info:
-        main(args)
-    captured = capsys.readouterr()
-    return info.value.code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")
