@@ -18,12 +18,6 @@ PLAN = FeatureVizOptions(layers=(LAYER,), units=4, steps=STEPS, diversity=2)
 
 
 @pytest.fixture(scope="module")
-def tiny_model():
-    torch.manual_seed(0)
-    return convlens.load_model("baseline:32", device="cpu")
-
-
-@pytest.fixture(scope="module")
 def built(tiny_model, sample_photos, tmp_path_factory):
     result = convlens.report(tiny_model, sample_photos[:3], layers=["relu2", LAYER], units=6, details=0, k=4,
                              methods=["gradcam"], feature_viz=PLAN)

@@ -16,12 +16,6 @@ LAYERS = ["relu1", "relu2", "relu3"]
 
 
 @pytest.fixture(scope="module")
-def tiny_model():
-    torch.manual_seed(0)
-    return convlens.load_model("baseline:32", device="cpu")
-
-
-@pytest.fixture(scope="module")
 def built(tiny_model, sample_photos, tmp_path_factory):
     """A report of the tiny baseline on three photos: 3 unit pages per layer, details for two images."""
     result = convlens.report(tiny_model, sample_photos[:3], units=3, details=2, k=4)
