@@ -55,9 +55,21 @@ def check_out(path: str | Path, *, force: bool = False, run: bool = False, comma
     """Refuse (ConvlensError, one line) an ``--out`` that must not be replaced; returns the folder to write.
 
     ``run``: the folder is a training run folder (``train``): an earlier run there needs ``force`` too.
-    ``command``: the command writing; a model folder (``convert``'s) is replaced only by the same command."""
+    ``command``: the command writing; a model folder (``convert``'s) is replaced only by the same command.
+    Checked under the parent folder's lock, so that another writer's commit cannot swap the folder mid-check."""
     requested = path
     path = target_folder(path)
+    if path.parent.is_dir():
+        with locked(path.parent):
+            return check_out_locked(path, requested, force=force, run=run, command=command)
+    return check_out_locked(path, requested, force=force, run=run, command=command)
+
+
+def check_out_locked(path: Path, requested: str | Path | None = None, *, force: bool = False, run: bool = False,
+                     command: str | None = None) -> Path:
+    """``check_out`` for a caller that holds the parent's lock already (a commit's re-check)."""
+    path = target_folder(path)
+    requested = path if requested is None else requested
     problem, forceable = _replace_problem(path, force=force, run=run, command=command)
     if problem:
         how = "choose another --out or pass --force to replace it" if forceable else "choose another --out"
@@ -151,7 +163,13 @@ def _foreign_file(path: Path, manifest: dict) -> str | None:
             relative = os.path.relpath(full, path)
             if relative == MANIFEST:
                 continue
-            if os.path.islink(full) or listed.get(relative) != os.path.getsize(full):
+            if os.path.islink(full):
+                return relative
+            try:
+                size = os.path.getsize(full)
+            except FileNotFoundError:  # removed meanwhile by someone else: no longer in the folder
+                continue
+            if listed.get(relative) != size:
                 return relative
     return None
 
@@ -196,7 +214,11 @@ def locked(folder: Path) -> Iterator[None]:
     except ImportError:  # pragma: no cover - no flock (Windows): commits are not serialised
         yield
         return
-    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:  # an unreadable parent: unserialised (writing there fails later with its own message)
+        yield
+        return
     try:
         with contextlib.suppress(OSError):  # a file system without flock (some network mounts): unserialised
             fcntl.flock(descriptor, fcntl.LOCK_EX)

@@ -27,6 +27,7 @@ from convlens.errors import ConvlensError
 from convlens.out_rules import (  # noqa: F401 - MANIFEST, is_run_folder, read_manifest: re-exported
     MANIFEST,
     check_out,
+    check_out_locked,
     hidden_name,
     is_run_folder,
     locked,
@@ -38,8 +39,6 @@ from convlens.out_rules import (  # noqa: F401 - MANIFEST, is_run_folder, read_m
     swap_in,
     write_manifest,
 )
-
-_check_replaceable = check_out  # the former name (the Ray runner's early check)
 
 RECORDED_PACKAGES = ("convlens", "torch", "torchvision", "timm", "numpy", "pillow", "matplotlib")
 UNTRAINED_NOTE = "UNTRAINED (random weights)"
@@ -157,7 +156,7 @@ class OutputDir:
             with locked(self.path.parent):
                 remove_leftovers(self.path)
                 # again: another process may have written there meanwhile
-                check_out(self.path, force=self.force, command=self.command)
+                check_out_locked(self.path, self.requested, force=self.force, command=self.command)
                 aside = swap_in(self.tmp, self.path)
         except OSError as exc:  # a full disk, a folder made read-only meanwhile: one line, nothing half-written
             raise ConvlensError(f"--out {self.requested}: cannot write there ({exc.strerror or exc})") from None
@@ -194,7 +193,7 @@ def folder_in_place(path: str | Path, command: str, force: bool = False) -> Iter
     try:
         with locked(path.parent):
             remove_leftovers(path)
-            check_out(path, force=force, command=command)
+            check_out_locked(path, force=force, command=command)
             if path.exists():
                 aside = hidden_name(path, "old")
                 os.rename(path, aside)
