@@ -50,7 +50,7 @@ import torch
 from torch import nn
 
 from convlens.engine.batched import ACTIVATION_COPIES, BatchedEngine, forward_measured, model_output
-from convlens.engine.inference import folded_graph
+from convlens.engine.inference import inference_graph
 from convlens.engine.ops import NotTraceable, trace
 from convlens.engine.regional import MAX_REGION_FRACTION, RegionalEngine
 from convlens.engine.regions import Regions, inside
@@ -61,15 +61,20 @@ Engine = RegionalEngine | BatchedEngine
 
 
 def build_engine(net: nn.Module, inputs: torch.Tensor, regions: Regions, layer: str | None = None,
-                 incremental: bool = True, fold: bool = False) -> Engine:
+                 incremental: bool = True, fold: bool = True) -> Engine:
     """The regional engine where the model allows it, else the batched one with the reason recorded."""
     if not incremental:
         return BatchedEngine(net, inputs, regions, layer, reason="incremental=False")
     try:
         graph = trace(net, layer)
-        folded = folded_graph(net, graph, inputs, layer) if fold else None
-        if folded is not None:  # batch norms folded into the convolutions: fewer nodes to run on regions
-            return RegionalEngine(folded, folded.graph, inputs, regions, layer)
+        optimized = inference_graph(net, graph, layer, fuse=inputs.device.type == "cpu") if fold else None
+        if optimized is not None:  # fewer passes over the maps: batch norms folded, ReLUs fused
+            reference = model_output(net(inputs))
+            try:
+                return RegionalEngine(optimized, optimized.graph, inputs, regions, layer, reference=reference)
+            except NotTraceable:  # the folded copy does not reproduce the model (or fails): the model's own graph
+                pass
+            return RegionalEngine(net, graph, inputs, regions, layer, reference=reference)
         return RegionalEngine(net, graph, inputs, regions, layer)
     except NotTraceable as why:
         return BatchedEngine(net, inputs, regions, layer, reason=str(why))

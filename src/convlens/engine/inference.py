@@ -10,6 +10,7 @@ copy disagrees, the model itself is used and ``reason`` says why. The model is n
 from __future__ import annotations
 
 import copy
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ from torch.fx.experimental.optimization import fuse, matches_module_pattern, rep
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from convlens.engine.batched import ACTIVATION_COPIES, forward_measured, model_output
+from convlens.engine.fusion import fuse_activations
 from convlens.engine.ops import NotTraceable, trace
 from convlens.models.loading import preferred_memory_format
 
@@ -70,41 +72,44 @@ def inference_model(net: nn.Module, sample: torch.Tensor,
     return InferenceModel(folded, count, "", ACTIVATION_COPIES * measured)
 
 
-def _fold(net: nn.Module, graph: fx.Graph, keep: str | None) -> fx.GraphModule:
-    """``torch.fx.experimental.optimization.fuse`` (conv -> batch norm pairs on a deep copy), leaving alone the
-    pair whose convolution or batch norm is ``keep`` (its output would change meaning)."""
-    model = copy.deepcopy(fx.GraphModule(net, graph))
+def fold_batch_norms(model: fx.GraphModule, keep: str | None = None) -> int:
+    """Fold, in place, every batch norm of ``model`` (a traced copy whose module tree is its own down to the
+    leaves) that directly follows a convolution into it (the pairs of ``torch.fx.experimental.optimization.fuse``);
+    the number folded. Left alone: the pair whose convolution or batch norm is ``keep`` (its output would change
+    meaning), a convolution whose output is read elsewhere too, and modules called more than once. A folded
+    convolution is a new module (``fuse_conv_bn_eval`` copies it): the model's own are not changed."""
     modules = dict(model.named_modules())
-    new_graph = copy.deepcopy(model.graph)
-    for node in list(new_graph.nodes):
+    calls = Counter(n.target for n in model.graph.nodes if n.op == "call_module")
+    folded = 0
+    for node in list(model.graph.nodes):
         if not matches_module_pattern((nn.Conv2d, nn.BatchNorm2d), node, modules):
             continue
-        conv = node.args[0]
-        if len(conv.users) > 1 or keep in (conv.target, node.target) or not modules[node.target].track_running_stats:
+        conv, norm = node.args[0], modules[node.target]
+        if (len(conv.users) > 1 or keep in (conv.target, node.target) or calls[conv.target] > 1
+                or calls[node.target] > 1 or not norm.track_running_stats or norm.running_mean is None):
             continue
-        replace_node_module(conv, modules, fuse_conv_bn_eval(modules[conv.target], modules[node.target]))
+        replace_node_module(conv, modules, fuse_conv_bn_eval(modules[conv.target], norm))
         node.replace_all_uses_with(conv)
-        new_graph.erase_node(node)
-    return fx.GraphModule(model, new_graph)
-
-
-def folded_graph(net: nn.Module, graph: fx.Graph, inputs: torch.Tensor, layer: str | None) -> fx.GraphModule | None:
-    """A copy of the traced model with its batch norms folded into the convolutions before them (except the
-    layer's own pair), for the regional engine (fewer nodes to compute on regions), when it reproduces ``net``
-    on ``inputs``; None when nothing folds or the copy disagrees."""
-    try:
-        folded = _fold(net, graph, layer)
-    except Exception:  # noqa: BLE001 - folding is an optimisation
-        return None
-    if len([n for n in folded.graph.nodes if n.op == "call_module"]) == len(
-            [n for n in graph.nodes if n.op == "call_module"]):
-        return None
-    batch = inputs.contiguous(memory_format=preferred_memory_format(inputs.device))
-    try:
-        output, clean = model_output(folded(batch)), model_output(net(batch))
-    except Exception:  # noqa: BLE001
-        return None
-    scale = float(clean.abs().max())
-    if output.shape != clean.shape or not torch.allclose(output, clean, rtol=1e-4, atol=1e-5 * max(1.0, scale)):
-        return None
+        model.graph.erase_node(node)
+        folded += 1
+    if folded:
+        model.recompile()
     return folded
+
+
+def inference_graph(net: nn.Module, graph: fx.Graph, keep: str | None = None,
+                    fuse: bool = False) -> fx.GraphModule | None:
+    """A copy of the traced model for the regional engine, with fewer passes over the feature maps: batch norms
+    folded into the convolutions before them and, with ``fuse`` (CPU), convolutions fused with the ReLU (and
+    residual addition) after them (``engine/fusion.py``); ``keep`` (the layer read) stays as it is. None when
+    nothing changes. Unchecked: the caller compares the copy's output with the model's (``RegionalEngine`` does).
+
+    The copy's module tree is new down to the leaves (``fx.GraphModule`` copies the path to each), its graph a
+    copy of ``graph``: rewriting it changes neither the model nor ``graph``."""
+    try:
+        model = fx.GraphModule(net, copy.deepcopy(graph))
+        changed = fold_batch_norms(model, keep)
+        changed += fuse_activations(model, keep) if fuse else 0
+    except Exception:  # noqa: BLE001 - an optimisation: the model's own graph still works
+        return None
+    return model if changed else None

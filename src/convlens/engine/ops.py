@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from convlens.engine.fusion import FusedConv
+
 
 @dataclass
 class Geometry:
@@ -50,6 +52,10 @@ class LocalOp:
     geometry: tuple[Geometry, Geometry]  # rows, columns
     pad_value: float
     apply: Callable[[list[torch.Tensor]], torch.Tensor]  # on the gathered source regions (padding included)
+    pointwise_sources: tuple = ()  # sources read one pixel per output pixel whatever ``geometry`` says
+
+    def geometry_of(self, source: fx.Node) -> tuple[Geometry, Geometry]:
+        return (Geometry(), Geometry()) if source in self.pointwise_sources else self.geometry
 
 
 @dataclass
@@ -216,6 +222,24 @@ def run_node(net: nn.Module, modules: dict[str, nn.Module], node: fx.Node, args,
     raise NotTraceable(f"the traced graph has a node the engine cannot run ({node.op})")
 
 
+def fused_op(node: fx.Node, module: FusedConv, sources: list[fx.Node], values: dict) -> LocalOp | None:
+    """A convolution fused with its ReLU (and a residual addition): the convolution's geometry for its input; the
+    addition's other operand, the same size as the output, is read pointwise."""
+    x = node.args[0]
+    other = node.args[1] if module.add else None
+    if x not in sources or (module.add and (other not in sources or len(sources) != 2)) or node.kwargs:
+        return None
+    op = window_op(module.conv, values[x].shape, values[node].shape)
+    if op is None:
+        return None
+    if module.add and values[other].shape != values[node].shape:
+        return None
+    op.sources = [x] if other is None else [x, other]
+    op.pointwise_sources = () if other is None else (other,)
+    op.apply = lambda xs: module.run(xs[0], xs[1] if module.add else None, (0, 0))
+    return op
+
+
 def local_op(node: fx.Node, values: dict, dependent: dict, modules: dict[str, nn.Module],
              run: Callable) -> LocalOp | None:
     """The node as a local operation on its input-dependent sources (a window op or a pointwise one), or None."""
@@ -227,6 +251,8 @@ def local_op(node: fx.Node, values: dict, dependent: dict, modules: dict[str, nn
         return None
     if node.op == "call_module":
         module = modules[node.target]
+        if isinstance(module, FusedConv):
+            return fused_op(node, module, sources, values)
         if len(sources) != 1 or len(node.args) != 1 or node.kwargs:
             return None
         op = window_op(module, values[sources[0]].shape, out.shape)

@@ -24,6 +24,14 @@ from convlens.engine.regions import Regions, fit, gather, hull, scatter
 from convlens.errors import ConvlensError
 from convlens.models.loading import preferred_memory_format
 
+
+def agrees(output: torch.Tensor, expected: torch.Tensor) -> bool:
+    """The traced (maybe folded) graph's output against the model's: float rounding only (the tolerance grows with
+    the logits' scale, as folding a batch norm rescales a convolution's rounding)."""
+    scale = max(1.0, float(expected.abs().max())) if expected.numel() else 1.0
+    return output.shape == expected.shape and torch.allclose(output, expected, rtol=1e-4, atol=1e-5 * scale)
+
+
 # Above this share of a feature map, recomputing a region costs about as much as the whole map: paste instead.
 MAX_REGION_FRACTION = 0.5
 
@@ -50,8 +58,10 @@ class RegionalEngine:
     reason = ""
 
     def __init__(self, net: nn.Module, graph: fx.Graph, inputs: torch.Tensor, regions: Regions,
-                 layer: str | None = None) -> None:
-        self.net, self.inputs, self.regions = net, inputs, regions
+                 layer: str | None = None, reference: torch.Tensor | None = None) -> None:
+        # reference: the model's own output on ``inputs`` when the caller has it (``net`` may be a folded copy
+        # of the model); else ``net``'s output, computed here. The traced graph must reproduce it.
+        self.net, self.inputs, self.regions, self.reference = net, inputs, regions, reference
         self.device = inputs.device
         self.modules = dict(net.named_modules())
         self.nodes = list(graph.nodes)
@@ -79,6 +89,8 @@ class RegionalEngine:
         self._plan_input_patches()
         self.reads = {(n, s): self._plan_read(n, s, values) for n in self.regional if n is not self.input_node
                       for s in self.local[n].sources}
+        self.copies = {(n, s) for (n, s), read in self.reads.items() if read is None and mutates(n, self.modules)
+                       and (len(s.users) > 1 or s is self.layer_node)}
         # Keep only what the batched runs read: constants, and the clean maps that boxes are pasted into.
         pasted = {n for n in self.regional if any(u not in self.regional for u in n.users)} | {self.layer_node}
         self.clean = {n: v for n, v in values.items() if not self.dependent[n] or n in pasted}
@@ -144,9 +156,8 @@ class RegionalEngine:
                         (args, kwargs), lambda v: v.clone() if isinstance(v, torch.Tensor) else v)
                 values[node] = self._run(node, args, kwargs)
         # The traced graph must compute what the model computes; anything else runs the plain batched way.
-        direct = model_output(self.net(self.inputs))
-        if direct.shape != self.clean_output.shape or not torch.allclose(direct, self.clean_output, rtol=1e-4,
-                                                                         atol=1e-5):
+        direct = model_output(self.net(self.inputs)) if self.reference is None else self.reference
+        if not agrees(self.clean_output, direct):
             raise NotTraceable("the traced graph does not reproduce the model's output on the clean input")
         self.clean_layer = None if self.layer_node is None else values[self.layer_node]
         if self.layer_node is not None and not isinstance(self.clean_layer, torch.Tensor):
@@ -173,8 +184,8 @@ class RegionalEngine:
             out_h, out_w = values[node].shape[-2:]
             intervals = []
             for source in op.sources:
-                rlo, rhi, clo, chi = changed[source]
-                intervals.append((*op.geometry[0].changed(rlo, rhi, out_h), *op.geometry[1].changed(clo, chi, out_w)))
+                (rlo, rhi, clo, chi), (rows, cols) = changed[source], op.geometry_of(source)
+                intervals.append((*rows.changed(rlo, rhi, out_h), *cols.changed(clo, chi, out_w)))
             rlo, rhi, clo, chi = hull(intervals)
             extent = (max(0, (rhi - rlo).max() + 1) / out_h) * (max(0, (chi - clo).max() + 1) / out_w)
             if extent <= MAX_REGION_FRACTION:
@@ -187,7 +198,7 @@ class RegionalEngine:
 
     def _plan_read(self, node: fx.Node, source: fx.Node, values: dict) -> _Read | None:
         op, box, source_box = self.local[node], self.boxes[node], self.boxes[source]
-        rows, cols = op.geometry
+        rows, cols = op.geometry_of(source)
         row_start, row_length = rows.reads(box.row_origin, box.row_length)
         col_start, col_length = cols.reads(box.col_origin, box.col_length)
         padded = rows.pad_lo or rows.pad_hi or cols.pad_lo or cols.pad_hi
@@ -253,8 +264,9 @@ class RegionalEngine:
         regions = []
         for source in op.sources:
             read = self.reads[node, source]
-            if read is None:  # the region is the source's box: read it as is (a copy if the op works in place)
-                regions.append(patches[source].clone() if mutates(node, self.modules) else patches[source])
+            if read is None:  # the region is the source's box: read it as is (a copy if an in-place op would
+                # change a box that something else still reads)
+                regions.append(patches[source].clone() if (node, source) in self.copies else patches[source])
                 continue
             region = gather(read.clean, read.rows[row_index], read.cols[col_index])
             top, bottom, left, right = read.margins
