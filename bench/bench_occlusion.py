@@ -12,7 +12,8 @@ search, twice.
 
 convlens also computes the top class and a feature map's activation per position. Its gain: the early layers
 are recomputed only on the region that each window can change (exact, see ``convlens.engine``), and the CPU
-runs channels-last, with batch norms folded into the convolutions before them. Targets: faster than Captum
+runs channels-last, with batch norms folded into the convolutions before them and ReLUs (and residual additions)
+fused into the convolutions (``convlens.engine.fusion``). Targets: faster than Captum
 (ratio < 1, issue 6); resnet50 <= 0.3x (issue 20).
 """
 

@@ -104,6 +104,24 @@ def test_resnet18_matches_loop_shared_relu_layer(resnet18):
     assert_matches_loop(resnet18, inputs, size=16, stride=12, layer="layer1.1.relu", batch_size=16)
 
 
+def test_bottleneck_resnet_with_trained_like_batch_norms_matches_loop():
+    """ResNet-50's blocks (stride-2 3x3 convolutions, 1x1 stride-2 downsamples, residual additions), with batch
+    norm statistics far from the identity: the engine folds them and fuses ReLUs and additions into the
+    convolutions, and must still give the loop's numbers."""
+    from torchvision.models.resnet import Bottleneck, ResNet
+
+    torch.manual_seed(5)
+    model = ResNet(Bottleneck, [1, 1, 1, 1], num_classes=10)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.2, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+    sharpened(model, model.fc, 96)
+    results = assert_matches_loop(model, torch.randn(1, 3, 96, 96), size=24, stride=12, batch_size=16)
+    assert results["incremental"].layer == "layer4.0.downsample.0"
+
+
 def test_vgg11_matches_loop_default_layer_ragged_edge(vgg11):
     torch.manual_seed(3)
     inputs = torch.randn(1, 3, 64, 64)
