@@ -79,3 +79,33 @@ def test_whole_image_projections_on_ray_equal_the_local_ones(ray_instance, image
     fired = theirs["values"] > 0
     assert fired.sum() >= 6
     np.testing.assert_array_equal((theirs["projections"] != 0).any(axis=(2, 3, 4)), fired)
+
+
+def test_projection_actors_killed_mid_way_are_restarted_and_the_projections_unchanged(
+        ray_instance, checkpoint_model, image_folder):
+    from convlens.distributed.cluster import RayOptions
+    from convlens.distributed.projections import RayProjections
+    from convlens.zeiler import scan_top, topk_result
+    from convlens.zeiler.topk import image_paths
+
+    paths = image_paths(image_folder)
+    table = scan_top(checkpoint_model, paths, "relu3", units="0:6", k=3, batch_size=4)
+    local = topk_result(checkpoint_model, paths, table, batch_size=1)
+    projector = RayProjections(checkpoint_model, RayOptions(workers=2))
+    killed = []
+
+    def kill_after_the_first_chunk(inputs, chunks, layer, rule):
+        for outcome in projector(inputs, chunks, layer, rule):
+            if not killed:  # the other chunks are queued or running on the actors now
+                for actor in projector.actors:
+                    ray_instance.kill(actor, no_restart=False)
+                killed.append(len(projector.actors))
+            yield outcome
+
+    try:
+        result = topk_result(checkpoint_model, paths, table, batch_size=1, runner=kill_after_the_first_chunk)
+    finally:
+        projector.close()
+    assert killed == [2] and projector.describe()["chunks"] >= 3
+    np.testing.assert_array_equal(result.projections, local.projections)
+    assert np.abs(local.projections).max() > 0

@@ -56,7 +56,7 @@ class RayProjections:
                  rule: str) -> Iterator[ChunkOutcome]:
         ray = import_ray()
         start = time.perf_counter()
-        self._start_actors(min(self.options.workers, len(chunks)))
+        self.start(min(self.options.workers, len(chunks)))
         pool = ray.util.ActorPool(self.actors)
         work = (_with_own_rows(inputs, chunk) for chunk in chunks)
         outcomes = pool.map(lambda actor, item: actor.project.remote(item[0], item[1], layer, rule), work)
@@ -68,7 +68,8 @@ class RayProjections:
             yield dataclasses.replace(outcome, missed=tuple(original[job.slot] for job in outcome.missed))
         self.seconds += time.perf_counter() - start
 
-    def _start_actors(self, count: int) -> None:
+    def start(self, count: int) -> None:
+        """At least ``count`` actors running (each loads the model once)."""
         ray = import_ray()
         if len(self.actors) >= count:
             return
