@@ -4,9 +4,10 @@ Each actor runs the scan's forward pass (``zeiler.deconv.layer_outputs`` / ``run
 layer, under ``inference_mode``) on its batches and returns, per image, every chosen unit's strongest activation
 and its position: the shard rows (``values``, ``positions``: one entry per unit). The driver folds the shards into
 one ``zeiler.TopKTable`` with ``TopKTable.add``, whose order (value, ties by image index) is the local scan's,
-so the merged table is exactly the local one whatever the sharding; ``zeiler.topk_result`` then adds the
-patches and projections of the ``units x k`` winners (a few hundred projections, against a scan of the
-whole folder).
+so the merged table is exactly the local one whatever the sharding. ``zeiler.topk_result`` then adds the
+patches and projections of the ``units x k`` winners, the projections computed on Ray actors too
+(``distributed.projections``: the in-process chunks of projections, each on an actor, so they agree bit for
+bit); the driver decodes the winners' images and cuts the patches.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from convlens.distributed.cluster import RayOptions
+from convlens.distributed.cluster import RayOptions, connect, disconnect
 from convlens.distributed.result import OnRay
 from convlens.distributed.runner import RunRecord, run_job
 from convlens.hooks import preserved_state
 from convlens.models.classifier import ImageClassifier
+from convlens.output import check_out
 from convlens.progress import ProgressLike
 
 
@@ -31,7 +33,7 @@ class TopKJob:
     name = "topk"
 
     def __init__(self, model: ImageClassifier, layer: str, units, k: int, rule: str, projection_batch_size: int,
-                 scan_batch_size: int, source: str | None) -> None:
+                 scan_batch_size: int, source: str | None, options: RayOptions | None = None) -> None:
         from convlens.zeiler import TopKTable, parse_units
 
         if k < 1:
@@ -44,6 +46,7 @@ class TopKJob:
         self.empty = TopKTable.empty(layer, self.units, k, (output.shape[2], output.shape[3]), output.shape[1],
                                      calls, keep_inputs=False)
         self.projection_batch_size, self.scan_batch_size, self.source = projection_batch_size, scan_batch_size, source
+        self.options = options or RayOptions()  # where the projections run (the scan's workers, started anew)
 
     def describe(self) -> dict[str, Any]:
         return {"layer": self.layer, "units": self.units}
@@ -64,15 +67,21 @@ class TopKJob:
     def finish(self, model: ImageClassifier, run: RunRecord) -> OnRay:
         import pyarrow.parquet as pq
 
+        from convlens.distributed.projections import RayProjections
         from convlens.zeiler import topk_result
 
         shards = (pq.read_table(run.store.path(s), columns=["index", "error", "values", "positions"])
                   for s in range(run.store.plan.shards))
         table = fold_shards(self.empty, shards)
         start = time.perf_counter()
-        result = topk_result(model, run.paths, table, rule=self.rule, batch_size=self.projection_batch_size,
-                             scan_batch_size=self.scan_batch_size, source=self.source)
-        return OnRay(result, run.ray, run.errors, run.compute_seconds + time.perf_counter() - start,
+        projector = RayProjections(model, self.options)
+        try:
+            result = topk_result(model, run.paths, table, rule=self.rule, batch_size=self.projection_batch_size,
+                                 scan_batch_size=self.scan_batch_size, source=self.source, runner=projector)
+        finally:
+            projector.close()
+        return OnRay(result, {**run.ray, "projections": projector.describe()}, run.errors,
+                     run.compute_seconds + time.perf_counter() - start,
                      {"images_scanned": len(run.paths) - len(run.errors)})
 
 
@@ -113,13 +122,20 @@ def topk_on_ray(model: ImageClassifier, images: str | Path | Sequence[str | Path
                 units="0:16", k: int = 9, rule: str = "auto", batch_size: int = 32, projection_batch_size: int = 16,
                 ray: str = "local", workers: int = 1, gpus_per_worker: float = 0.0, cpus_per_worker: float = 1.0,
                 shard_size: int = 256, resume: bool = False, progress: ProgressLike = False) -> OnRay:
-    """``convlens topk --ray``: the scan of ``top_activations`` on Ray workers, merged exactly; writes ``out``
-    (the topk output folder, plus ``shards/`` with every image's per-unit maxima) and returns the result."""
+    """``convlens topk --ray``: the scan of ``top_activations`` on Ray workers, merged exactly, then the
+    projections of the winners on Ray workers; writes ``out`` (the topk output folder, plus ``shards/`` with
+    every image's per-unit maxima) and returns the result (``summary()["ray"]["projections"]``: how the
+    projections ran)."""
     from convlens.zeiler.topk import image_paths
 
     paths = image_paths(images)
-    job = TopKJob(model, layer, units, k, rule, projection_batch_size, batch_size,
-                  str(images) if isinstance(images, (str, Path)) else None)
     options = RayOptions(ray, workers, gpus_per_worker, cpus_per_worker)
-    return run_job(job, model, paths, out, options, batch_size=batch_size, shard_size=shard_size, resume=resume,
-                   progress=progress)
+    job = TopKJob(model, layer, units, k, rule, projection_batch_size, batch_size,
+                  str(images) if isinstance(images, (str, Path)) else None, options)
+    check_out(Path(out))  # a user's folder at --out fails now, before Ray starts
+    started = connect(options)  # one connection for the scan and the projections
+    try:
+        return run_job(job, model, paths, out, options, batch_size=batch_size, shard_size=shard_size,
+                       resume=resume, progress=progress)
+    finally:
+        disconnect(started)
