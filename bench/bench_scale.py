@@ -103,9 +103,9 @@ def _worker_memory(case: BenchCase, compare):
         compare(ours, theirs)
         peaks = [r.summary()["ray"]["worker_peak_memory_mb"] for r in (ours, theirs) if hasattr(r, "ray")]
         text = "Ray worker peak memory " + " / ".join(f"{p:.0f} MB" for p in peaks)
-        # top-k: the projections of the winners run on actors started after the scan (their start included)
+        # top-k: the projections of the winners run on actors started after the scan when there are many
         projected = [r.summary()["ray"]["projections"]["seconds"] for r in (ours, theirs)
-                     if hasattr(r, "ray") and "projections" in r.summary()["ray"]]
+                     if hasattr(r, "ray") and r.summary()["ray"].get("projections", {}).get("on") == "ray"]
         if projected:
             text += ", projections on Ray " + " / ".join(f"{p:.1f} s" for p in projected)
         print(f"[bench]   {text} (this case / its peer)" if len(peaks) == 2 else f"[bench]   {text}", flush=True)

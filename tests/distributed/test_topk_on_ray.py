@@ -17,7 +17,7 @@ def test_topk_on_two_workers_equals_the_local_scan(ray_instance, checkpoint_mode
     local = top_activations(checkpoint_model, image_folder, "relu2", units="0:12", k=4, batch_size=4)
     # three shards (8, 8, 6 images) over two workers, folded on the driver
     result = topk_on_ray(checkpoint_model, image_folder, "relu2", tmp_path / "ray", units="0:12", k=4,
-                         batch_size=4, workers=2, shard_size=8)
+                         batch_size=4, workers=2, shard_size=8, projections_on_ray=True)
     ours, theirs = result.arrays(), local.arrays()
     assert sorted(ours) == sorted(theirs)
     for name in EXACT:
@@ -30,7 +30,8 @@ def test_topk_on_two_workers_equals_the_local_scan(ray_instance, checkpoint_mode
     summary = json.loads((tmp_path / "ray" / "summary.json").read_text())
     assert summary["command"] == "topk" and summary["ray"]["workers"] == 2 and summary["unreadable"] == []
     # the 12 x 4 projections ran on Ray actors, not on the driver
-    assert summary["ray"]["projections"]["projections"] == 48 and summary["ray"]["projections"]["actors"] >= 1
+    assert summary["ray"]["projections"]["on"] == "ray" and summary["ray"]["projections"]["projections"] == 48
+    assert summary["ray"]["projections"]["actors"] >= 1
     table = read_shards(tmp_path / "ray")
     assert len(table) == 22
     maxima = np.stack(table.column("values").to_numpy(zero_copy_only=False))
@@ -44,7 +45,7 @@ def test_projections_split_over_two_actors_equal_the_local_ones(ray_instance, ch
     local = top_activations(checkpoint_model, image_folder, "relu3", units="0:8", k=3, batch_size=4,
                             projection_batch_size=1)
     result = topk_on_ray(checkpoint_model, image_folder, "relu3", tmp_path / "ray", units="0:8", k=3,
-                         batch_size=4, projection_batch_size=1, workers=2, shard_size=8)
+                         batch_size=4, projection_batch_size=1, workers=2, shard_size=8, projections_on_ray=True)
     ran = result.summary()["ray"]["projections"]
     assert ran["actors"] == 2 and ran["chunks"] >= 4 and ran["projections"] == 24
     ours, theirs = result.arrays(), local.arrays()
@@ -69,7 +70,7 @@ def test_whole_image_projections_on_ray_equal_the_local_ones(ray_instance, image
     model = ImageClassifier(module, baseline_preprocessing(32), ["cats", "dogs"])
     local = top_activations(model, image_folder, "3", units="0:4", k=3, batch_size=4, projection_batch_size=2)
     result = topk_on_ray(model, image_folder, "3", tmp_path / "ray", units="0:4", k=3, batch_size=4,
-                         projection_batch_size=2, workers=2, shard_size=8)
+                         projection_batch_size=2, workers=2, shard_size=8, projections_on_ray=True)
     ran = result.summary()["ray"]["projections"]
     assert ran["chunks"] == 2 + 6 and ran["projections"] == 12  # 2 cut chunks (all missed), 6 of 2 whole images
     ours, theirs = result.arrays(), local.arrays()
@@ -109,3 +110,14 @@ def test_projection_actors_killed_mid_way_are_restarted_and_the_projections_unch
     assert killed == [2] and projector.describe()["chunks"] >= 3
     np.testing.assert_array_equal(result.projections, local.projections)
     assert np.abs(local.projections).max() > 0
+
+
+def test_few_projections_stay_on_the_driver_by_default(ray_instance, checkpoint_model, image_folder, tmp_path):
+    """16 x 2 projections: starting actors would cost more than projecting them (RAY_PROJECTIONS_FROM)."""
+    local = top_activations(checkpoint_model, image_folder, "relu2", units="0:16", k=2, batch_size=4)
+    result = topk_on_ray(checkpoint_model, image_folder, "relu2", tmp_path / "ray", units="0:16", k=2,
+                         batch_size=4, workers=1, shard_size=8)
+    assert result.summary()["ray"]["projections"] == {"on": "driver", "projections": 32}
+    ours, theirs = result.arrays(), local.arrays()
+    for name in EXACT:
+        np.testing.assert_array_equal(ours[name], theirs[name], err_msg=name)
