@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import asdict, dataclass
 
 import torch
@@ -23,11 +24,32 @@ class LayerInfo:
         return asdict(self)
 
 
+# Tables already probed, per module and (input size, structure): a CAM call without --layer needs the last conv
+# layer, and the probe (a forward pass) cost about a third of a Grad-CAM call on the default model.
+_TABLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _structure(module: nn.Module) -> tuple:
+    """What the table depends on: every submodule (replaced ones have a new identity) and parameter shape."""
+    return (tuple((name, id(m)) for name, m in module.named_modules()),
+            tuple((name, tuple(p.shape)) for name, p in module.named_parameters()))
+
+
 def layer_table(model: ImageClassifier | nn.Module, input_size: tuple[int, int] | None = None) -> list[LayerInfo]:
     """One row per named module, shapes from one forward pass on a zero image of the model's input size."""
     module = as_module(model)
     if input_size is None:
         input_size = default_input_size(model)
+    key = (tuple(input_size), _structure(module))
+    cached = _TABLES.get(module)
+    if cached is not None and cached[0] == key:
+        return list(cached[1])
+    rows = _probe_table(module, input_size)
+    _TABLES[module] = (key, tuple(rows))
+    return rows
+
+
+def _probe_table(module: nn.Module, input_size: tuple[int, int]) -> list[LayerInfo]:
     shapes: dict[str, tuple[int, ...]] = {}
     named = [(name, m) for name, m in module.named_modules() if name]
     with preserved_state(module) as net, forward_hooks(net, {name: _shape_recorder(name, shapes) for name, _ in named}):

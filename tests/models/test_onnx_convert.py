@@ -213,3 +213,17 @@ def test_many_operators_convert_exactly(tmp_path):
     with torch.inference_mode():
         logits = reloaded.module(torch.from_numpy(inputs)).numpy()
     np.testing.assert_allclose(logits, onnxruntime_output(path, inputs), atol=1e-4, rtol=0)
+
+
+def test_tampered_sizes_are_refused_before_anything_is_allocated(converted, tmp_path):
+    """A JSON that declares a convolution of ~300 TB is checked against the weights file on the meta device
+    first (before, building it was attempted: a smaller lie would have been allocated and initialised)."""
+    _, out, _ = converted
+    copy = tmp_path / "tampered"
+    shutil.copytree(out, copy)
+    meta = json.loads((copy / "model.json").read_text())
+    entry = next(e for e in meta["build_kwargs"]["graph"]["modules"] if e["class"] == "Conv2d")
+    entry["kwargs"].update(in_channels=3_000_000, out_channels=3_000_000)
+    (copy / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(convlens.ConvlensError, match=f"does not fit.*{entry['name']}"):
+        convlens.load_model(str(copy), device="cpu")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from convlens.errors import ConvlensError
@@ -266,6 +267,25 @@ def build_architecture(architecture: str, num_classes: int, img_size: int | None
     return module
 
 
+# Architectures whose layer sizes the checkpoint's JSON declares (a converted Keras or ONNX model).
+DESCRIBED_ARCHITECTURES = ("keras", "onnx")
+
+
+def _check_described_sizes(architecture: str, class_names: list, metadata: dict, state: dict,
+                           weights_path: Path) -> None:
+    """Build the declared architecture on the meta device (nothing allocated) and check it against the weights
+    file before building it for real: a tampered JSON cannot make convlens allocate more than the file holds."""
+    try:
+        with torch.device("meta"):
+            skeleton = build_architecture(architecture, len(class_names), metadata.get("img_size"),
+                                          metadata.get("build_kwargs"))
+    except ConvlensError:
+        raise
+    except Exception:  # noqa: BLE001 - a module that cannot be built on meta: the real build reports it
+        return
+    zoo.check_weights_fit(skeleton, state, str(weights_path))
+
+
 def _load_checkpoint(weights_path: Path, spec: str) -> ImageClassifier:
     metadata = read_metadata(weights_path)
     try:
@@ -274,9 +294,12 @@ def _load_checkpoint(weights_path: Path, spec: str) -> ImageClassifier:
         preprocessing = Preprocessing.from_dict(metadata["preprocessing"])
     except (KeyError, TypeError) as exc:
         raise ConvlensError(f"{weights_path.with_suffix('.json')}: checkpoint metadata lacks {exc}") from None
+    state = zoo.load_state_dict_file(weights_path)
+    if architecture in DESCRIBED_ARCHITECTURES:
+        _check_described_sizes(architecture, class_names, metadata, state, weights_path)
     module = build_architecture(architecture, len(class_names), metadata.get("img_size"),
                                 metadata.get("build_kwargs"))
-    zoo.load_weights_into(module, zoo.load_state_dict_file(weights_path), str(weights_path))
+    zoo.load_weights_into(module, state, str(weights_path))
     return ImageClassifier(module, preprocessing, class_names, spec=spec, architecture=architecture,
                            metadata=metadata, weights=f"checkpoint:{weights_path}")
 

@@ -201,6 +201,13 @@ def unreadable_weights(path: Path, exc: Exception) -> str:
 
 def load_weights_into(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """``load_state_dict`` with a one-line error that names the first mismatches."""
+    check_weights_fit(module, state, source)
+    module.load_state_dict(state)
+
+
+def check_weights_fit(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse (one line, naming the first mismatches) a state whose keys or shapes differ from ``module``'s
+    (which may live on the meta device: only shapes are compared)."""
     own = module.state_dict()
     missing = [key for key in own if key not in state]
     unexpected = [key for key in state if key not in own]
@@ -216,7 +223,6 @@ def load_weights_into(module: nn.Module, state: dict[str, torch.Tensor], source:
             parts.append(f"{len(mismatched)} of other shape (e.g. {key}: {tuple(state[key].shape)} in file, "
                          f"{tuple(own[key].shape)} in model)")
         raise ConvlensError(f"{source} does not fit {type(module).__name__}: " + "; ".join(parts))
-    module.load_state_dict(state)
 
 
 def head_classes_in(state: dict[str, torch.Tensor], module: nn.Module) -> int | None:

@@ -38,7 +38,7 @@ from convlens.zeiler.deconv import (
     resolve_rule,
     run_forward,
 )
-from convlens.zeiler.field_cuts import Projection, pad_crop, project_entries
+from convlens.zeiler.field_cuts import ChunkRunner, Projection, pad_crop, project_entries
 from convlens.zeiler.receptive_field import receptive_field
 from convlens.zeiler.results import TopKResult
 
@@ -233,12 +233,13 @@ def top_activations(model: ImageClassifier, images: str | Path | Sequence[str | 
 def topk_result(model: ImageClassifier, paths: Sequence[str | Path], table: TopKTable, *, rule: str = AUTO,
                 batch_size: int = 16, crop_to_field: bool = True, progress: ProgressLike = False,
                 scan_batch_size: int | None = None, source: str | None = None,
-                started: float | None = None) -> TopKResult:
+                started: float | None = None, runner: ChunkRunner | None = None) -> TopKResult:
     """The result of a scanned (or merged) ``table`` over ``paths``: patches and cropped projections for every
     filled slot (projections batched, ``batch_size`` whole images' worth at once).
 
     ``crop_to_field``: project each activation from the image cut down to its receptive field, which is
-    cheaper and gives the same projection (``field_cuts``); False projects from whole images.
+    cheaper and gives the same projection (``field_cuts``); False projects from whole images. ``runner``: where
+    the chunks of projections run (``field_cuts.ChunkRunner``; default here, ``convlens.distributed`` on Ray).
     """
     start = time.perf_counter() if started is None else started
     chosen_rule = resolve_rule(model, rule)
@@ -253,7 +254,7 @@ def topk_result(model: ImageClassifier, paths: Sequence[str | Path], table: TopK
     jobs = [Projection(n, row_of[image], table.units[u], position, value)
             for n, (u, _, image, position, value) in enumerate(entries)]
     projections = project_entries(model, inputs, jobs, table, chosen_rule, rf if crop_to_field else None,
-                                  batch_size, progress)
+                                  batch_size, progress, runner)
     height, width = rf.size
     count, k = len(table.units), table.k
     boxes = np.full((count, k, 4), -1, dtype=np.int64)
