@@ -7,26 +7,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from testkit import small_resnet
 from torch import nn
-from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from convlens.engine import RegionalEngine, Regions, build_engine
 from convlens.engine.fusion import FusedConv
 from convlens.hooks import capture, preserved_state
-
-
-def small_resnet(block=Bottleneck, seed: int = 0) -> nn.Module:
-    """One block per stage (stride-2 convolution and 1x1 stride-2 downsample from stage 2 on): ResNet-50's
-    bottlenecks (the addition after a 1x1 convolution) or ResNet-18's basic blocks (after a 3x3 one)."""
-    torch.manual_seed(seed)
-    model = ResNet(block, [1, 1, 1, 1], num_classes=6)
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.5, 0.5)
-            module.running_var.uniform_(0.2, 2.0)
-            module.weight.data.uniform_(0.5, 1.5)
-            module.bias.data.uniform_(-0.2, 0.2)
-    return model.eval()
 
 
 @pytest.fixture(scope="module")

@@ -108,15 +108,9 @@ def test_bottleneck_resnet_with_trained_like_batch_norms_matches_loop():
     """ResNet-50's blocks (stride-2 3x3 convolutions, 1x1 stride-2 downsamples, residual additions), with batch
     norm statistics far from the identity: the engine folds them and fuses ReLUs and additions into the
     convolutions, and must still give the loop's numbers."""
-    from torchvision.models.resnet import Bottleneck, ResNet
+    from testkit import small_resnet
 
-    torch.manual_seed(5)
-    model = ResNet(Bottleneck, [1, 1, 1, 1], num_classes=10)
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.5, 0.5)
-            module.running_var.uniform_(0.2, 2.0)
-            module.weight.data.uniform_(0.5, 1.5)
+    model = small_resnet(seed=5, num_classes=10)
     sharpened(model, model.fc, 96)
     results = assert_matches_loop(model, torch.randn(1, 3, 96, 96), size=24, stride=12, batch_size=16)
     assert results["incremental"].layer == "layer4.0.downsample.0"
