@@ -9,6 +9,7 @@ import json
 import platform
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -52,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[BenchResult] = []
     failures: list[str] = []
     start = time.perf_counter()
+    info = machine()
     for module_name in bench_modules():
         module = importlib.import_module(module_name)
         for case in module.cases(args.quick):
@@ -62,28 +64,35 @@ def main(argv: list[str] | None = None) -> int:
                 result = run_case(case, repetitions=repetitions)
             except Exception as exc:  # noqa: BLE001 - one failing case must not hide the others
                 failures.append(f"{case.name}: {exc.__class__.__name__}: {exc}")
+                traceback.print_exc()  # a bare assertion says nothing without where it fired
                 print(f"[bench]   FAILED: {failures[-1]}", flush=True)
-                continue
-            results.append(result)
-            verdict = "" if result.met is None else ("  target met" if result.met else "  TARGET MISSED")
-            print(f"[bench]   convlens {result.convlens_seconds * 1e3:.1f} ms, peer {result.peer_seconds * 1e3:.1f} ms,"
-                  f" ratio {result.ratio:.3f}{verdict}", flush=True)
+            else:
+                results.append(result)
+                verdict = "" if result.met is None else ("  target met" if result.met else "  TARGET MISSED")
+                print(f"[bench]   convlens {result.convlens_seconds * 1e3:.1f} ms, peer "
+                      f"{result.peer_seconds * 1e3:.1f} ms, ratio {result.ratio:.3f}{verdict}", flush=True)
+            if not args.no_write:  # after every case: a run cut off keeps the rows it measured
+                write_results(results, failures, info, args.quick, time.perf_counter() - start, finished=False)
     total = time.perf_counter() - start
-    info = machine()
     if not args.no_write:
         write_results(results, failures, info, args.quick, total)
     print(f"[bench] {len(results)} cases in {total:.0f} s; {len(failures)} failed")
     return 1 if failures else 0
 
 
-def write_results(results: list[BenchResult], failures: list[str], info: dict, quick: bool, total: float) -> None:
+def write_results(results: list[BenchResult], failures: list[str], info: dict, quick: bool, total: float,
+                  finished: bool = True) -> None:
     (HERE / "results.json").write_text(json.dumps(
-        {"machine": info, "quick": quick, "seconds": round(total, 1),
+        {"machine": info, "quick": quick, "seconds": round(total, 1), "finished": finished,
          "results": [dataclasses.asdict(r) for r in results], "failures": failures}, indent=2))
+    command = f"`python -m bench{' --quick' if quick else ''}`"
+    run = (f"Written by {command} in {total:.0f} s." if finished else
+           f"**Run not finished**: written by {command} after its first {len(results) + len(failures)} cases "
+           f"({total:.0f} s); a run that stops here lacks the cases after them.")
     lines = [
         "# Benchmark results",
         "",
-        f"Written by `python -m bench{' --quick' if quick else ''}` in {total:.0f} s. Each case checks that convlens "
+        f"{run} Each case checks that convlens "
         "and the peer agree on the output (that first call also warms both up and gives the peak memory), then "
         "times them alternately n times; medians in milliseconds. "
         "Ratio = convlens / peer (below 1: convlens is faster). Peak memory: resident memory above the start "

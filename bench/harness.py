@@ -34,7 +34,9 @@ class BenchCase:
     check: Callable[[Any, Any], None] | None = None
     max_ratio: float | None = None  # the target: convlens median / peer median <= max_ratio
     note: str = ""
-    repetitions: int | None = None  # fewer for cases that take minutes per call (None: the runner's number)
+    # fewer for cases that take minutes per call (None: the runner's number; 0: the checked first calls are the
+    # timed ones, for calls of many minutes where the warm-up is a small part)
+    repetitions: int | None = None
 
 
 @dataclass
@@ -131,8 +133,8 @@ def run_case(case: BenchCase, repetitions: int = 5) -> BenchResult:
     del ours, theirs
     if case.repetitions is None and max(first_ours, first_peer) < SHORT_CALL_SECONDS:
         repetitions = max(repetitions, SHORT_CALL_REPETITIONS)  # noise weighs more on short calls; they are cheap
-    convlens_times, peer_times = [], []
-    for repetition in range(case.repetitions or repetitions):
+    convlens_times, peer_times = ([first_ours], [first_peer]) if case.repetitions == 0 else ([], [])
+    for repetition in range(repetitions if case.repetitions is None else case.repetitions):
         order = [(case.convlens, convlens_times), (case.peer, peer_times)]
         if repetition % 2:  # alternate who goes first: neither side always gets the warmer cache
             order.reverse()

@@ -121,3 +121,18 @@ def test_few_projections_stay_on_the_driver_by_default(ray_instance, checkpoint_
     ours, theirs = result.arrays(), local.arrays()
     for name in EXACT:
         np.testing.assert_array_equal(ours[name], theirs[name], err_msg=name)
+
+
+def test_one_local_worker_gets_every_core_unless_told(ray_instance, checkpoint_model, image_folder, tmp_path):
+    """On a local Ray one worker takes the machine's cores (2 here) and as many torch threads, as the in-process
+    run does; the projection actors, started once the scan's actor is done, fit too. ``cpus_per_worker`` wins."""
+    local = top_activations(checkpoint_model, image_folder, "relu2", units="0:6", k=3, batch_size=4)
+    whole = topk_on_ray(checkpoint_model, image_folder, "relu2", tmp_path / "whole", units="0:6", k=3,
+                        batch_size=4, workers=1, shard_size=8, projections_on_ray=True)
+    told = topk_on_ray(checkpoint_model, image_folder, "relu2", tmp_path / "told", units="0:6", k=3,
+                       batch_size=4, workers=1, shard_size=8, cpus_per_worker=1)
+    assert whole.summary()["ray"]["cpus_per_worker"] == 2 and told.summary()["ray"]["cpus_per_worker"] == 1
+    assert whole.summary()["ray"]["projections"]["on"] == "ray"
+    for result in (whole, told):
+        for name in EXACT:
+            np.testing.assert_array_equal(result.arrays()[name], local.arrays()[name], err_msg=name)

@@ -114,7 +114,7 @@ def _accuracy(readable, labels: Sequence[int | None]) -> float | None:
 def cam_on_ray(model: ImageClassifier, images: Sequence[str | Path], out: str | Path, *,
                method: str = "gradcam", layer: str | Sequence[str] | None = None,
                target: str | int | None = None, batch_size: int = 16, limit: int = 0,
-               ray: str = "local", workers: int = 1, gpus_per_worker: float = 0.0, cpus_per_worker: float = 1.0,
+               ray: str = "local", workers: int = 1, gpus_per_worker: float = 0.0, cpus_per_worker: float | None = None,
                shard_size: int = 256, resume: bool = False, progress: ProgressLike = False) -> OnRay:
     """``convlens cam --ray``: ``method``'s map of every image of ``images`` (files or folders; ``limit`` per
     folder as in-process, 0: all) on Ray workers; writes ``out`` (the in-process output of the first

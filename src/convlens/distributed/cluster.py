@@ -30,18 +30,30 @@ class RayOptions:
     """How a job uses Ray. ``address``: ``local`` (start Ray here), ``auto`` (join the running cluster) or a
     cluster address (``ray://host:10001``, ``host:6379``). ``workers``: model actors (each loads the model
     once). ``gpus_per_worker``: GPUs per actor (fractions share a GPU). ``cpus_per_worker``: CPU cores per
-    actor, also its torch thread count."""
+    actor, also its torch thread count; None: see ``worker_cpus``."""
 
     address: str = "local"
     workers: int = 1
     gpus_per_worker: float = 0.0
-    cpus_per_worker: float = 1.0
+    cpus_per_worker: float | None = None
 
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise ConvlensError(f"--workers must be at least 1, got {self.workers}")
-        if self.gpus_per_worker < 0 or self.cpus_per_worker <= 0:
+        if self.gpus_per_worker < 0 or (self.cpus_per_worker is not None and self.cpus_per_worker <= 0):
             raise ConvlensError("--gpus-per-worker must be >= 0 and CPUs per worker > 0")
+
+    def worker_cpus(self) -> float:
+        """CPU cores per actor (and its torch threads), with Ray connected: as given; else, on a local Ray, the
+        largest node's cores shared among the workers (one worker uses the whole machine, as the in-process run
+        does: with Ray's default of one core it would run on one thread of many); else (a cluster) 1."""
+        if self.cpus_per_worker is not None:
+            return self.cpus_per_worker
+        if self.address != "local":
+            return 1.0
+        ray = import_ray()
+        node_cpus = max((node["Resources"].get("CPU", 0) for node in ray.nodes() if node.get("Alive")), default=1)
+        return float(max(1, int(node_cpus) // self.workers))
 
 
 def connect(options: RayOptions) -> bool:
@@ -51,7 +63,7 @@ def connect(options: RayOptions) -> bool:
     if ray.is_initialized():
         return False
     if options.address == "local":
-        cpus = max(int(round(options.workers * options.cpus_per_worker)), os.cpu_count() or 1)
+        cpus = max(int(round(options.workers * (options.cpus_per_worker or 1))), os.cpu_count() or 1)
         ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False,
                  _temp_dir=_short_temp_dir())
     else:

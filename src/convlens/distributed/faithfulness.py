@@ -213,7 +213,7 @@ def faithfulness_on_ray(model: ImageClassifier, images: str | Path | Sequence[st
                         percentiles: Sequence[float] | None = None, noise: float | None = None,
                         sanity_steps: int | None = 8, sanity_seed: int = 42, tolerance: float | None = None,
                         resamples: int = 2000, seed: int = 0, images_per_task: int = 16, ray: str = "local",
-                        workers: int = 1, gpus_per_worker: float = 0.0, cpus_per_worker: float = 1.0,
+                        workers: int = 1, gpus_per_worker: float = 0.0, cpus_per_worker: float | None = None,
                         shard_size: int = 256, resume: bool = False, progress: ProgressLike = False) -> OnRay:
     """``convlens faithfulness --ray``: ``convlens.faithfulness`` over ``images`` (files or folders) on Ray
     workers, ``images_per_task`` images per call; the other arguments are ``convlens.faithfulness``'s. Writes

@@ -76,10 +76,11 @@ class RayProjections:
         if self.package is None:
             self.package = package_model(self.model)
         device = "cuda" if self.options.gpus_per_worker > 0 else "cpu"
+        cpus = self.options.worker_cpus()
         remote = ray.remote(ProjectionWorker).options(
-            num_cpus=self.options.cpus_per_worker, num_gpus=self.options.gpus_per_worker or None,
+            num_cpus=cpus, num_gpus=self.options.gpus_per_worker or None,
             max_restarts=-1, max_task_retries=-1)
-        self.actors += [remote.remote(self.package, device, int(self.options.cpus_per_worker))
+        self.actors += [remote.remote(self.package, device, int(cpus))
                         for _ in range(count - len(self.actors))]
 
     def close(self) -> None:

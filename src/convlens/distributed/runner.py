@@ -168,6 +168,7 @@ def run_shards(job: Job, model: ImageClassifier, paths: Sequence[str | Path], ou
     start = time.perf_counter()
     try:
         quiet_ray_data()
+        cpus = options.worker_cpus()
         if pending:
             _stream(job, model, paths, pending, store, plan, options, batch_size, done_before, progress)
         seconds = time.perf_counter() - start
@@ -176,7 +177,7 @@ def run_shards(job: Job, model: ImageClassifier, paths: Sequence[str | Path], ou
     errors, peak = collect_errors(store, plan)
     run = RunRecord(paths, store, errors, compute_seconds=seconds, ray={
         "address": options.address, "workers": options.workers, "gpus_per_worker": options.gpus_per_worker,
-        "cpus_per_worker": options.cpus_per_worker, "shards": plan.shards, "shard_size": plan.shard_size,
+        "cpus_per_worker": cpus, "shards": plan.shards, "shard_size": plan.shard_size,
         "shards_done_before": len(done_before), "images_computed": len(pending), "batch_size": batch_size,
         "images_per_second": round(len(pending) / seconds, 3) if pending and seconds > 0 else None,
         "worker_peak_memory_mb": round(peak, 1)})
@@ -194,9 +195,9 @@ def _stream(job: Job, model: ImageClassifier, paths: list[Path], pending: list[i
              for start in range(0, len(pending), batch_size)]
     dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 8 * options.workers)))
     results = dataset.map_batches(
-        ModelWorker, fn_constructor_args=(package, job, device, int(options.cpus_per_worker)),
+        ModelWorker, fn_constructor_args=(package, job, device, int(options.worker_cpus())),
         batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=options.workers),
-        num_gpus=options.gpus_per_worker or None, num_cpus=options.cpus_per_worker)
+        num_gpus=options.gpus_per_worker or None, num_cpus=options.worker_cpus())
     skipped = f" ({len(done_before)} of {plan.shards} shards done before)" if done_before else ""
     waiting: dict[int, dict[int, Any]] = {}  # shard -> image index -> one-row table
     for _ in track(_images_done(results, plan, store, job, waiting), len(pending),

@@ -131,9 +131,9 @@ def _probe(model: ImageClassifier, layer: str):
 
 def topk_on_ray(model: ImageClassifier, images: str | Path | Sequence[str | Path], layer: str, out: str | Path, *,
                 units="0:16", k: int = 9, rule: str = "auto", batch_size: int = 32, projection_batch_size: int = 16,
-                ray: str = "local", workers: int = 1, gpus_per_worker: float = 0.0, cpus_per_worker: float = 1.0,
-                shard_size: int = 256, resume: bool = False, progress: ProgressLike = False,
-                projections_on_ray: bool | None = None) -> OnRay:
+                ray: str = "local", workers: int = 1, gpus_per_worker: float = 0.0,
+                cpus_per_worker: float | None = None, shard_size: int = 256, resume: bool = False,
+                progress: ProgressLike = False, projections_on_ray: bool | None = None) -> OnRay:
     """``convlens topk --ray``: the scan of ``top_activations`` on Ray workers, merged exactly, then the
     projections of the winners; writes ``out`` (the topk output folder, plus ``shards/`` with every image's
     per-unit maxima) and returns the result (``summary()["ray"]["projections"]``: where and how the projections
