@@ -136,3 +136,33 @@ def test_one_local_worker_gets_every_core_unless_told(ray_instance, checkpoint_m
     for result in (whole, told):
         for name in EXACT:
             np.testing.assert_array_equal(result.arrays()[name], local.arrays()[name], err_msg=name)
+
+
+def test_cli_topk_on_ray_places_projections_and_cores(ray_instance, checkpoint_model, image_folder, tmp_path,
+                                                      capsys):
+    """``convlens topk --ray local --projections-on ray --cpus-per-worker 1``: the options reach the job (the
+    summary says where the projections ran and with how many cores a worker); a bad placement is one line, exit
+    2, before any work."""
+    import pytest
+
+    from convlens.cli import main
+
+    def arguments(out, *extra):
+        return ["topk", checkpoint_model.spec, str(image_folder), "--layer", "relu2", "--units", "0:4", "--k", "3",
+                "--batch-size", "4", "--out", str(out), "--ray", "local", "--device", "cpu", *extra]
+
+    out = tmp_path / "topk"
+    with pytest.raises(SystemExit) as exit_code:
+        main(arguments(out, "--projections-on", "ray", "--cpus-per-worker", "1"))
+    assert exit_code.value.code == 0
+    summary = json.loads((out / "summary.json").read_text())["ray"]
+    assert summary["projections"]["on"] == "ray" and summary["cpus_per_worker"] == 1
+    local = top_activations(checkpoint_model, image_folder, "relu2", units="0:4", k=3, batch_size=4)
+    np.testing.assert_array_equal(np.load(out / "arrays.npz")["values"], local.arrays()["values"])
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_code:
+        main(arguments(tmp_path / "bad", "--projections-on", "gpu"))
+    assert exit_code.value.code == 2
+    assert "'gpu' is not one of auto, ray, driver" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

@@ -11,6 +11,7 @@ from convlens.cam import METHODS  # every registered method, so --help lists the
 from convlens.cli.app import app
 from convlens.cli.common import (
     ClassesOpt,
+    CpusPerWorkerOpt,
     DeviceOpt,
     ForceOpt,
     GpusPerWorkerOpt,
@@ -54,6 +55,7 @@ def cam_command(
     ray: RayOpt = None,
     workers: RayWorkersOpt = 1,
     gpus_per_worker: GpusPerWorkerOpt = 0.0,
+    cpus_per_worker: CpusPerWorkerOpt = None,
     resume: ResumeOpt = False,
     force: ForceOpt = False,
 ) -> None:
@@ -78,7 +80,8 @@ def cam_command(
         classifier = open_model(model, weights, "cpu", classes, preprocess)
         result = cam_on_ray(classifier, images, out, method=names[0], layer=layer, target=target,
                             batch_size=batch_size, limit=limit or 0, ray=ray, workers=workers,
-                            gpus_per_worker=gpus_per_worker, resume=resume, progress=True)
+                            gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker, resume=resume,
+                            progress=True)
         ray_report(result.summary())
         done(out)
         return

@@ -86,6 +86,9 @@ WorkersOrRayOpt = Annotated[int, in_range("--workers", "Image-decoding worker pr
                                                        "--ray: model workers (actors, at least 1).", 0, 1024)]
 GpusPerWorkerOpt = Annotated[float, in_range("--gpus-per-worker", "With --ray: GPUs per worker (fractions share a "
                                                                   "GPU).", 0, 64)]
+CpusPerWorkerOpt = Annotated[float | None, in_range(
+    "--cpus-per-worker", "With --ray: CPU cores (and torch threads) per worker; default: on a local Ray the "
+    "machine's cores shared among the workers, on a cluster 1.", 0, 4096, low_open=True)]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="With --ray: keep the shards an interrupted run of the "
                                                           "same job finished (OUT.partial) and compute the rest.")]
 

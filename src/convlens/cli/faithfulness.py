@@ -10,6 +10,7 @@ import typer
 from convlens.cli.app import app
 from convlens.cli.common import (
     ClassesOpt,
+    CpusPerWorkerOpt,
     DeviceOpt,
     GpusPerWorkerOpt,
     ImagesArg,
@@ -52,6 +53,7 @@ def faithfulness_command(
     ray: RayOpt = None,
     workers: RayWorkersOpt = 1,
     gpus_per_worker: GpusPerWorkerOpt = 0.0,
+    cpus_per_worker: CpusPerWorkerOpt = None,
     resume: ResumeOpt = False,
 ) -> None:
     """Score every explanation method with deletion/insertion, ROAD, average drop / increase in confidence,
@@ -74,7 +76,8 @@ def faithfulness_command(
         result = faithfulness_on_ray(classifier, paths, out, methods=methods, metrics=metrics, boxes=boxes,
                                      target=target if target is not None else "predicted", batch_size=batch_size,
                                      sanity_steps=sanity_steps or None, seed=seed, ray=ray, workers=workers,
-                                     gpus_per_worker=gpus_per_worker, resume=resume, progress=True)
+                                     gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker, resume=resume,
+                                     progress=True)
         ray_report(result.summary())
         done(out)
         return

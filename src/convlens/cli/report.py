@@ -10,6 +10,7 @@ import typer
 from convlens.cli.app import app
 from convlens.cli.common import (
     ClassesOpt,
+    CpusPerWorkerOpt,
     DeviceOpt,
     GpusPerWorkerOpt,
     ImagesArg,
@@ -71,6 +72,7 @@ def report_command(
         "machine, auto or an address joins a cluster (needs convlens[ray]); the same report.")] = None,
     workers: RayWorkersOpt = 1,
     gpus_per_worker: GpusPerWorkerOpt = 0.0,
+    cpus_per_worker: CpusPerWorkerOpt = None,
 ) -> None:
     """A folder of HTML pages: the model card, a page per image, per layer and per unit; open OUT/index.html.
     With --ray the shared pass over the images (predictions, feature maps, top-k) runs on Ray workers."""
@@ -87,6 +89,6 @@ def report_command(
     result = report(classifier, expand_image_args(images), layers=layer, units=parse_units(units), k=k,
                     methods=method, cam_layer=cam_layer, details=details, rule=rule, feature_viz=plan,
                     batch_size=batch_size, progress=True, ray=ray, workers=workers,
-                    gpus_per_worker=gpus_per_worker)
+                    gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker)
     result.save(out, progress=True)
     console.print(f"open [bold]{(out / 'index.html').resolve().as_uri()}[/bold]")

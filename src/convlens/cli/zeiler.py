@@ -13,6 +13,7 @@ from convlens.cli.app import app
 from convlens.cli.common import (
     BatchSizeOpt,
     ClassesOpt,
+    CpusPerWorkerOpt,
     DeviceOpt,
     ForceOpt,
     GpusPerWorkerOpt,
@@ -38,6 +39,20 @@ RuleOpt = Annotated[str, typer.Option("--rule", help="How ReLUs pass the signal 
                                                      "with strided convolutions, else deconvnet), deconvnet "
                                                      "(Zeiler & Fergus), guided (guided backprop) or gradient "
                                                      "(saliency).")]
+PROJECTIONS_ON = {"auto": None, "ray": True, "driver": False}
+
+
+def _projections_on(value: str) -> str:
+    if value not in PROJECTIONS_ON:
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(PROJECTIONS_ON)}")
+    return value
+
+
+ProjectionsOnOpt = Annotated[str, typer.Option(
+    "--projections-on", metavar="auto|ray|driver", callback=_projections_on,
+    help="With --ray: where the winners' projections run: on Ray actors, on the driver (this process), or auto "
+         "(on Ray from RAY_PROJECTIONS_FROM = 1,024 projections, units x k, on; below that starting the actors "
+         "costs more than the projections).")]
 UnitsOpt = Annotated[str, typer.Option("--units", help="Channels: START:STOP[:STEP] or a list like 3,7,12.")]
 
 
@@ -86,6 +101,8 @@ def topk_command(
     device: DeviceOpt = "auto",
     ray: RayOpt = None,
     gpus_per_worker: GpusPerWorkerOpt = 0.0,
+    cpus_per_worker: CpusPerWorkerOpt = None,
+    projections_on: ProjectionsOnOpt = "auto",
     resume: ResumeOpt = False,
     force: ForceOpt = False,
     strict: StrictOpt = False,
@@ -101,8 +118,9 @@ def topk_command(
         # the driver scans nothing; workers choose devices
         classifier = open_model(model, weights, "cpu", classes, preprocess)
         result = topk_on_ray(classifier, data_dir, layer, out, units=units, k=k, rule=rule, batch_size=batch_size,
-                             ray=ray, workers=max(1, workers), gpus_per_worker=gpus_per_worker, resume=resume,
-                             progress=True)
+                             ray=ray, workers=max(1, workers), gpus_per_worker=gpus_per_worker,
+                             cpus_per_worker=cpus_per_worker, resume=resume, progress=True,
+                             projections_on_ray=PROJECTIONS_ON[projections_on])
         ray_report(result.summary())
         done(out)
         return

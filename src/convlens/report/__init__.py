@@ -101,7 +101,7 @@ def report(model: ImageClassifier | str, images, out: str | Path | None = None, 
            k: int = 9, methods: list[str] | None = None, cam_layer: str | None = None, details: int = 8,
            rule: str = "auto", feature_viz: bool | FeatureVizOptions = False, batch_size: int = 32,
            progress: ProgressLike = False, ray: str | None = None, workers: int = 1,
-           gpus_per_worker: float = 0.0) -> Report:
+           gpus_per_worker: float = 0.0, cpus_per_worker: float | None = None) -> Report:
     """Compute everything the report shows for ``images`` (files or folders); ``.save(out)`` writes it (at once
     when ``out`` is given).
 
@@ -134,7 +134,7 @@ def report(model: ImageClassifier | str, images, out: str | Path | None = None, 
     if ray is not None:
         from convlens.distributed import RayOptions
 
-        ray_options = RayOptions(ray, workers, gpus_per_worker)
+        ray_options = RayOptions(ray, workers, gpus_per_worker, cpus_per_worker)
     result = Report(collect(model, images, options, progress, ray_options), command)
     if out is not None:
         result.save(out, progress=progress)
