@@ -175,7 +175,7 @@ class ScoreCAM(BaseCAM):
     title = "Score-CAM"
     cost = "1 + one forward per distinct mask"
     extra_passes = True
-    engine: dict | None = None  # how the last call ran the masked inputs: batch_norms_folded, relus_fused, reason
+    engine: dict | None = None  # how the last call ran the masked inputs: {"batch_norms_folded", "reason"}
 
     def _weights(self, data: LayerData) -> torch.Tensor:
         activations = data.activations
@@ -192,14 +192,14 @@ class ScoreCAM(BaseCAM):
     def _masked_scores(self, data: LayerData, owners: list[int], channels: list[int]) -> torch.Tensor:
         size = tuple(data.inputs.shape[-2:])
         device = data.activations.device
-        # The traced model with its batch norms folded into the convolutions and (CPU) its ReLUs fused into them
-        # (checked on the clean inputs), in batches of at most batch_size that fit the memory.
+        # The traced model with its batch norms folded into the convolutions (checked on the clean inputs), in
+        # batches of at most batch_size that fit the memory.
         def agrees(output: torch.Tensor) -> bool:  # the folded copy's score of image 0 is the model's
             score = target_scores(data.targets, output, [0]).float()
             return bool(torch.allclose(score, data.scores[:1].float(), rtol=1e-4, atol=1e-5))
 
         runner = inference_model(data.module, data.inputs[:1], agrees)
-        self.engine = {"batch_norms_folded": runner.folded, "relus_fused": runner.fused, "reason": runner.reason}
+        self.engine = {"batch_norms_folded": runner.folded, "reason": runner.reason}
         batch_size = self.batch_size
         if runner.per_sample_bytes:
             batch_size = min(batch_size, auto_batch_size(runner.per_sample_bytes, device))

@@ -1,8 +1,7 @@
 """An inference copy of a model for methods that run it on many variants of an input (Score-CAM's masked inputs):
 the traced graph with every batch norm that directly follows a convolution folded into that convolution's
 weights (``torch.fx.experimental.optimization.fuse``), which saves one pass over each feature map (on the CPU,
-in channels-last, a third of a ResNet's time), and on the CPU each convolution fused with the ReLU after it
-(and a residual block's addition before that ReLU: ``engine/fusion.py``), which saves one or two more.
+in channels-last, a third of a ResNet's time).
 
 The copy is checked on the clean inputs against the model; where the model does not trace, nothing folds, or the
 copy disagrees, the model itself is used and ``reason`` says why. The model is never changed.
@@ -28,15 +27,14 @@ from convlens.models.loading import preferred_memory_format
 
 @dataclass
 class InferenceModel:
-    """``forward(batch)`` gives the model's output; ``folded``: batch norms folded, ``fused``: convolutions fused
-    with their ReLU (both 0 when ``forward`` is the model itself, then ``reason`` says why);
-    ``per_sample_bytes``: memory one input costs (for batch sizing; 0 when not measured)."""
+    """``forward(batch)`` gives the model's output; ``folded``: batch norms folded (0 when ``forward`` is the
+    model itself, then ``reason`` says why); ``per_sample_bytes``: memory one input costs (for batch sizing; 0
+    when not measured)."""
 
     forward: nn.Module
     folded: int
     reason: str
     per_sample_bytes: int
-    fused: int = 0
 
 
 def _count_batchnorms(module: nn.Module) -> int:
@@ -56,9 +54,8 @@ def inference_model(net: nn.Module, sample: torch.Tensor,
     except Exception as error:  # noqa: BLE001 - folding is an optimisation: the model itself still works
         return InferenceModel(net, 0, f"batch norms cannot be folded ({type(error).__name__})", 0)
     count = _count_batchnorms(net) - _count_batchnorms(folded)
-    fused = fuse_activations(folded) if sample.device.type == "cpu" else 0
-    if not count and not fused:
-        return InferenceModel(net, 0, "no batch norm or ReLU directly follows a convolution", 0)
+    if not count:
+        return InferenceModel(net, 0, "no batch norm directly follows a convolution", 0)
     batch = sample.contiguous(memory_format=preferred_memory_format(sample.device))
     try:
         output, measured = forward_measured(folded, batch)
@@ -72,7 +69,7 @@ def inference_model(net: nn.Module, sample: torch.Tensor,
         same = agrees(output)
     if not same:
         return InferenceModel(net, 0, "the folded graph does not reproduce the model's output", 0)
-    return InferenceModel(folded, count, "", ACTIVATION_COPIES * measured, fused)
+    return InferenceModel(folded, count, "", ACTIVATION_COPIES * measured)
 
 
 def fold_batch_norms(model: fx.GraphModule, keep: str | None = None) -> int:
