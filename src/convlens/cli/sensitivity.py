@@ -11,17 +11,24 @@ from convlens.cli.app import app
 from convlens.cli.common import (
     BatchSizeOpt,
     ClassesOpt,
+    CpusPerWorkerOpt,
     DeviceOpt,
     ForceOpt,
+    GpusPerWorkerOpt,
     ImagesArg,
     ModelArg,
     OutOpt,
     PreprocessOpt,
+    RayOpt,
+    RayWorkersOpt,
+    ResumeOpt,
     WeightsOpt,
     done,
     in_range,
     open_model,
+    ray_report,
 )
+from convlens.errors import ConvlensError
 from convlens.output import check_out
 
 ScoreOpt = Annotated[str, typer.Option("--score", help="What a class target reads: probability (softmax, the "
@@ -31,7 +38,8 @@ ScoreOpt = Annotated[str, typer.Option("--score", help="What a class target read
 @app.command("occlusion")
 def occlusion_command(
     model: ModelArg,
-    image: Annotated[Path, typer.Argument(metavar="IMAGE", help="One image file.")],
+    images: Annotated[list[Path], typer.Argument(metavar="IMAGE...", help="One image file; with --ray, image "
+                                                                         "files and folders (searched recursively).")],
     out: OutOpt,
     target: Annotated[str, typer.Option("--target", help="Class index or name, or predicted (the top "
                                                          "prediction).")] = "predicted",
@@ -57,15 +65,39 @@ def occlusion_command(
     classes: ClassesOpt = None,
     preprocess: PreprocessOpt = None,
     device: DeviceOpt = "auto",
+    ray: RayOpt = None,
+    workers: RayWorkersOpt = 1,
+    gpus_per_worker: GpusPerWorkerOpt = 0.0,
+    cpus_per_worker: CpusPerWorkerOpt = None,
+    resume: ResumeOpt = False,
     force: ForceOpt = False,
 ) -> None:
     """Slide an occluder over the image: target probability, top class and a feature map's activation per
-    position (Zeiler & Fergus Fig. 7), plus a per-pixel attribution map."""
+    position (Zeiler & Fergus Fig. 7), plus a per-pixel attribution map. With --ray, every image of the files
+    and folders given, on Ray workers: the first image's output, every image's maps in OUT/shards."""
     from convlens.occlusion import occlusion
 
+    if ray is not None:
+        from convlens.distributed import import_ray
+        from convlens.distributed.occlusion import occlusion_on_ray
+
+        import_ray()  # without the extra: one line naming it, before the model loads
+        classifier = open_model(model, weights, "cpu", classes, preprocess)  # the workers choose devices
+        result = occlusion_on_ray(classifier, images, out, target=target, score=score, window=window,
+                                  stride=stride, fill=fill, layer=layer, edges=edges, rule=rule,
+                                  batch_size=batch_size, ray=ray, workers=workers, gpus_per_worker=gpus_per_worker,
+                                  cpus_per_worker=cpus_per_worker, resume=resume, progress=True)
+        ray_report(result.summary())
+        done(out)
+        return
+    if len(images) != 1:
+        raise ConvlensError(f"occlusion explains one image file, got {len(images)}: for several add --ray local")
+    if images[0].is_dir():
+        raise ConvlensError(f"{images[0]} is a folder, not an image file: occlusion explains one image; for every "
+                            "image of a folder add --ray local")
     check_out(out, force=force)
     classifier = open_model(model, weights, device, classes, preprocess)
-    result = occlusion(classifier, image, target=target, score=score, window=window, stride=stride, fill=fill,
+    result = occlusion(classifier, images[0], target=target, score=score, window=window, stride=stride, fill=fill,
                        layer=layer, edges=edges, rule=rule, batch_size=batch_size, progress=True)
     done(result.save(out, force=force))
 
