@@ -17,7 +17,7 @@ def test_missing_ray_names_the_extra(monkeypatch):
     assert str(error.value) == INSTALL_HINT and "convlens[ray]" in INSTALL_HINT and "\n" not in INSTALL_HINT
 
 
-@pytest.mark.parametrize("command", ["cam", "faithfulness", "report"])
+@pytest.mark.parametrize("command", ["cam", "occlusion", "faithfulness", "report"])
 def test_cli_without_ray_is_one_line(monkeypatch, tmp_path, capsys, command):
     from convlens.cli import main
 
