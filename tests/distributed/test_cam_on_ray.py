@@ -28,10 +28,14 @@ def in_process(model, paths, out, method="gradcam", batch_size=4):
     return dict(np.load(out / "arrays.npz"))
 
 
-def assert_same(local: dict, ray_arrays: dict) -> None:
+def assert_same(local: dict, ray_arrays: dict, exact: bool = True) -> None:
+    """Equal bit for bit, or with ``exact=False`` to float32 rounding in the computed floats (see below)."""
     for name in COMPARED:
         assert ray_arrays[name].shape == local[name].shape, name
-        np.testing.assert_array_equal(ray_arrays[name], local[name], err_msg=name)
+        if exact or name in ("input", "predicted", "target"):
+            np.testing.assert_array_equal(ray_arrays[name], local[name], err_msg=name)
+        else:
+            np.testing.assert_allclose(ray_arrays[name], local[name], rtol=1e-5, atol=0, err_msg=name)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +52,11 @@ def test_gradcam_on_two_workers_equals_in_process_and_reports_the_unreadable(
     result = cam_on_ray(checkpoint_model, [folder_with_broken], tmp_path / "ray", method="gradcam", workers=2,
                         batch_size=4, shard_size=8)
     local = in_process(checkpoint_model, good_images(folder_with_broken), tmp_path / "local")
-    assert_same(local, result.arrays())
+    # The broken file shifts Ray's batches against the in-process run's (3 + 4 + ... readable images against
+    # 4 + 4 + ...), and oneDNN on some CPUs rounds a convolution differently for another batch size (AMD EPYC:
+    # 1e-6 relative on 2 of 1,408 raw map values): equal to float32 rounding here, bit for bit where the batches
+    # are the same (the tests below).
+    assert_same(local, result.arrays(), exact=False)
     assert len(local["cam"]) == 22
     # true classes from the class subfolders (named like the model's classes)
     expected = [("cats", "dogs").index(p.parent.name) for p in good_images(folder_with_broken)]
@@ -69,7 +77,7 @@ def test_gradcam_on_two_workers_equals_in_process_and_reports_the_unreadable(
     assert table.column("cam")[broken].as_py() is None
     maps = [np.asarray(m, dtype=np.float32).reshape(32, 32) for i, m in enumerate(table.column("cam").to_pylist())
             if i != broken]
-    np.testing.assert_array_equal(np.stack(maps), local["cam"])
+    np.testing.assert_allclose(np.stack(maps), local["cam"], rtol=1e-5, atol=0)
 
 
 def test_scorecam_from_an_in_memory_model(ray_instance, tmp_path, image_folder):

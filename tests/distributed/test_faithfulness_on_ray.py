@@ -42,6 +42,20 @@ def readable(root):
     return [p for p in list_images(root) if "broken" not in p.name]
 
 
+def rounding_tolerance(name: str) -> float:
+    """The absolute tolerance of a per-image array or score between Ray and in-process. A batch holds other
+    images on Ray than in-process (here 2 against 9), so float32 sums run in another order: measured on an Intel
+    Xeon up to 5e-7 on a map, 3e-8 on a curve point, 6e-8 on a sanity similarity. On an AMD EPYC oneDNN also
+    rounds a convolution differently for another batch size (3.7e-6 on a Grad-CAM map scaled to [0, 1]), and
+    the order of near-tied pixels then changes: which pixels a deletion or insertion step moves (7e-5 on a curve
+    point) and how Spearman ranks the randomised model's nearly flat maps (1.2e-5). About 7x those here."""
+    if name.startswith(("deletion_curve", "insertion_curve")):
+        return 5e-4
+    if name.startswith("sanity_spearman"):
+        return 1e-4
+    return 2e-5 if name.startswith("map.") else 2e-6
+
+
 def test_faithfulness_on_two_workers_equals_in_process(ray_instance, checkpoint_model, scored_folder, tmp_path):
     root, boxes = scored_folder
     result = faithfulness_on_ray(checkpoint_model, root, tmp_path / "ray", methods=METHODS, boxes=boxes,
@@ -56,15 +70,14 @@ def test_faithfulness_on_two_workers_equals_in_process(ray_instance, checkpoint_
         np.testing.assert_array_equal(ours[name], theirs[name], err_msg=name)
     for name in theirs:
         assert ours[name].dtype == theirs[name].dtype, name
-        # a batch holds other images on Ray than in-process (here 2 against 9): float32 sums in another order,
-        # measured up to 5e-7 on a map, 3e-8 on a curve, 6e-8 on a sanity similarity
-        np.testing.assert_allclose(ours[name], theirs[name], rtol=1e-5, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(ours[name], theirs[name], rtol=1e-5, atol=rounding_tolerance(name), err_msg=name)
     assert result.trials == local.trials and result.sanity_layers == local.sanity_layers
     assert result.classes == local.classes and result.image_names == local.image_names
     for ray_row, local_row in zip(result.table, local.table, strict=True):
         assert ray_row["method"] == local_row["method"] and set(ray_row["scores"]) == set(local_row["scores"])
         for score, values in local_row["scores"].items():
-            np.testing.assert_allclose(ray_row["scores"][score], values, rtol=1e-5, err_msg=score)
+            np.testing.assert_allclose(ray_row["scores"][score], values, rtol=1e-5, atol=rounding_tolerance(score),
+                                       err_msg=score)
     assert result.csv().splitlines()[0] == local.csv().splitlines()[0]
 
     summary = json.loads((tmp_path / "ray" / "summary.json").read_text())

@@ -324,7 +324,8 @@ def test_deconv_rows_per_image_and_unit(baseline):
         expected = deconv_projection(baseline, inputs[b:b + 1], "relu2", int(unit), "max", "deconvnet")
         np.testing.assert_allclose(result.projections[row], expected.numpy(), rtol=1e-5, atol=1e-8)
         activations = unit_activations(baseline, inputs[b:b + 1], "relu2")[0, unit]
-        assert result.peaks[row] == pytest.approx(float(activations.max()))
+        # a batch of 2 against 1 image: oneDNN may block the sums differently (AMD EPYC: 5e-6 relative)
+        assert result.peaks[row] == pytest.approx(float(activations.max()), rel=1e-5)
     assert result.figure_names()[1:] == ["projection_image000_unit0004", "projection_image000_unit0009",
                                          "projection_image001_unit0004", "projection_image001_unit0009"]
     assert result.summary()["peaks"][3]["image"] == 1 and "compute_seconds" in result.summary()
