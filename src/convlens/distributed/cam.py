@@ -20,7 +20,7 @@ import numpy as np
 from convlens.distributed.cluster import RayOptions
 from convlens.distributed.result import PREVIEW, OnRay, column_arrays
 from convlens.distributed.runner import RunRecord, run_job
-from convlens.distributed.shards import read_shards
+from convlens.distributed.shards import readable_rows
 from convlens.models.classifier import ImageClassifier
 from convlens.progress import ProgressLike
 
@@ -73,8 +73,7 @@ class CAMJob:
 
         from convlens.cam import CAMResult, ImageInfo
 
-        table = read_shards(run.store.folder)
-        readable = table.filter(np.asarray([not e for e in table.column("error").to_pylist()], dtype=bool))
+        readable = readable_rows(run.store.folder)
         preview = readable.slice(0, PREVIEW)
         indices = preview.column("index").to_pylist()
         raw_names = sorted((n for n in readable.column_names if n.startswith("raw.") and not n.endswith(".shape")),

@@ -32,7 +32,7 @@ import numpy as np
 from convlens.distributed.cluster import RayOptions
 from convlens.distributed.result import PREVIEW, OnRay, column_arrays
 from convlens.distributed.runner import RunRecord, run_job
-from convlens.distributed.shards import read_shards
+from convlens.distributed.shards import readable_rows
 from convlens.models.classifier import ImageClassifier
 from convlens.progress import ProgressLike
 
@@ -73,8 +73,7 @@ class FaithfulnessJob:
         return table
 
     def finish(self, model: ImageClassifier, run: RunRecord) -> OnRay:
-        table = read_shards(run.store.folder)
-        readable = table.filter(np.asarray([not e for e in table.column("error").to_pylist()], dtype=bool))
+        readable = readable_rows(run.store.folder)
         result = merged_result(model, run, readable, self)
         return OnRay(result, run.ray, run.errors, run.compute_seconds, {
             "inputs_total": len(run.paths), "images_scored": len(readable),

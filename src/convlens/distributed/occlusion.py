@@ -22,7 +22,7 @@ import torch
 from convlens.distributed.cluster import RayOptions
 from convlens.distributed.result import OnRay, column_arrays
 from convlens.distributed.runner import RunRecord, run_job
-from convlens.distributed.shards import read_shards
+from convlens.distributed.shards import readable_rows
 from convlens.errors import ConvlensError
 from convlens.models.classifier import ImageClassifier
 from convlens.progress import ProgressLike
@@ -60,8 +60,7 @@ class OcclusionJob:
         return table
 
     def finish(self, model: ImageClassifier, run: RunRecord) -> OnRay:
-        table = read_shards(run.store.folder)
-        readable = table.filter(np.asarray([not e for e in table.column("error").to_pylist()], dtype=bool))
+        readable = readable_rows(run.store.folder)
         if len(readable) == 0:
             first = run.errors[0] if run.errors else {"path": "?", "error": "no images"}
             raise ConvlensError(f"none of the {len(run.paths)} images could be read (first: {first['error']})")

@@ -125,3 +125,11 @@ def read_shards(folder: str | Path):
         raise ConvlensError(f"no shards in {folder}")
     # a shard whose images lacked an optional column (no object boxes among them) has nulls there
     return pa.concat_tables([pq.read_table(f) for f in files], promote_options="permissive")
+
+
+def readable_rows(folder: str | Path):
+    """The rows of ``read_shards(folder)`` whose image could be read (empty ``error``), in image order."""
+    import pyarrow.compute as pc
+
+    table = read_shards(folder)
+    return table.filter(pc.equal(table.column("error"), ""))
