@@ -131,7 +131,7 @@ def _case(name: str, stride: int, quick: bool) -> BenchCase:
     setup.case = BenchCase(f"occlusion {name} 224 w{WINDOW} s{stride}", setup.ours, setup.theirs,
                            "captum Occlusion", check=_agree, max_ratio=0.3 if name == "resnet50" else 1.0,
                            note=f"random-init {name}, {positions} positions",
-                           repetitions=2 if quick else (1 if stride < 16 else 3))
+                           repetitions=2 if quick else (1 if stride < 16 else 3), setup=setup.prepare)
     return setup.case
 
 

@@ -37,6 +37,9 @@ class BenchCase:
     # fewer for cases that take minutes per call (None: the runner's number; 0: the checked first calls are the
     # timed ones, for calls of many minutes where the warm-up is a small part)
     repetitions: int | None = None
+    # run once before the agreement calls, outside their time and memory (a peer's set-up, such as searching
+    # Captum's fastest batch, must not count as convlens's first call)
+    setup: Callable[[], None] | None = None
 
 
 @dataclass
@@ -118,6 +121,8 @@ def run_case(case: BenchCase, repetitions: int = 5) -> BenchResult:
     is where peak memory is measured.
     """
     memory = {}
+    if case.setup is not None:
+        case.setup()
     gc.collect()
     with PeakMemory() as peak:
         first_ours, ours = _timed(case.convlens)
