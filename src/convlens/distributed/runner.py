@@ -170,7 +170,7 @@ def run_shards(job: Job, model: ImageClassifier, paths: Sequence[str | Path], ou
         quiet_ray_data()
         cpus = options.worker_cpus()
         if pending:
-            _stream(job, model, paths, pending, store, plan, options, batch_size, done_before, progress)
+            _stream(job, model, paths, pending, store, plan, options, cpus, batch_size, done_before, progress)
         seconds = time.perf_counter() - start
     finally:
         disconnect(started)
@@ -185,8 +185,9 @@ def run_shards(job: Job, model: ImageClassifier, paths: Sequence[str | Path], ou
 
 
 def _stream(job: Job, model: ImageClassifier, paths: list[Path], pending: list[int], store: ShardStore,
-            plan: ShardPlan, options: RayOptions, batch_size: int, done_before: set[int],
+            plan: ShardPlan, options: RayOptions, cpus: float, batch_size: int, done_before: set[int],
             progress: ProgressLike) -> None:
+    """Stream ``pending`` through ``options.workers`` actors of ``cpus`` cores each, writing shards as they fill."""
     ray = import_ray()
     package = package_model(model)
     device = "cuda" if options.gpus_per_worker > 0 else "cpu"
@@ -195,9 +196,9 @@ def _stream(job: Job, model: ImageClassifier, paths: list[Path], pending: list[i
              for start in range(0, len(pending), batch_size)]
     dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 8 * options.workers)))
     results = dataset.map_batches(
-        ModelWorker, fn_constructor_args=(package, job, device, int(options.worker_cpus())),
+        ModelWorker, fn_constructor_args=(package, job, device, int(cpus)),
         batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=options.workers),
-        num_gpus=options.gpus_per_worker or None, num_cpus=options.worker_cpus())
+        num_gpus=options.gpus_per_worker or None, num_cpus=cpus)
     skipped = f" ({len(done_before)} of {plan.shards} shards done before)" if done_before else ""
     waiting: dict[int, dict[int, Any]] = {}  # shard -> image index -> one-row table
     for _ in track(_images_done(results, plan, store, job, waiting), len(pending),
