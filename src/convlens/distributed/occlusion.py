@@ -140,12 +140,9 @@ def occlusion_on_ray(model: ImageClassifier, images: str | Path | Sequence[str |
     searched recursively) on Ray workers, with the same options (``batch_size``: windows per forward pass);
     writes ``out`` (the in-process output of the first readable image, the job's summary, ``shards/`` with every
     image's maps) and returns the result."""
-    from convlens.zeiler.topk import image_paths
+    from convlens.data.images import expand_image_args
 
-    if isinstance(images, (str, Path)):
-        paths = image_paths(images)
-    else:
-        paths = [p for item in images for p in (image_paths(item) if Path(item).is_dir() else [Path(item)])]
+    paths = expand_image_args([images] if isinstance(images, (str, Path)) else list(images))
     if not paths:
         raise ConvlensError("no images given")
     job = OcclusionJob(model, target=target, score=score, window=window, stride=stride, fill=fill, layer=layer,
